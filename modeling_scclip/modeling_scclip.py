@@ -71,9 +71,7 @@ def standard_lof_scores(tokens: torch.Tensor, n_neighbors: int) -> torch.Tensor:
     distances and reach-dist(p, o) = max(d(p, o), kdist(o)).
     """
     knn_distances, knn_indices = nearest_neighbors(pairwise_squared_distances(tokens).sqrt(), n_neighbors)
-    neighbor_kdist = torch.gather(
-        knn_distances[..., -1].unsqueeze(1).expand(-1, tokens.shape[1], -1), 2, knn_indices
-    )
+    neighbor_kdist = torch.gather(knn_distances[..., -1].unsqueeze(1).expand(-1, tokens.shape[1], -1), 2, knn_indices)
     reach_distances = torch.maximum(knn_distances, neighbor_kdist)
     local_reachability = 1.0 / (reach_distances.mean(dim=-1) + LOF_EPS)
     return _mean_neighbor_ratio(local_reachability, knn_indices)
@@ -358,7 +356,9 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
                 Attention mask of `input_ids`.
         """
         if (text_embeds is None) == (input_ids is None):
-            raise ValueError("Pass exactly one of `text_embeds` (query embeddings) or `input_ids` (tokenized queries).")
+            raise ValueError(
+                "Pass exactly one of `text_embeds` (query embeddings) or `input_ids` (tokenized queries)."
+            )
         if text_embeds is None:
             text_embeds = self.get_text_features(input_ids, attention_mask)
         logits = self.slide_inference(pixel_values, text_embeds)
@@ -380,6 +380,9 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
         dense_features = dense_features or self.get_dense_image_features
         sizes = [tuple(image.shape[-2:]) for image in images]
         offsets = torch.tensor([0] + [height * width for height, width in sizes]).cumsum(0).tolist()
+        # All images side by side as one flat pixel row: windows are gathered from it and their logits added back
+        # into a flat canvas with index operations, never one window at a time.
+        flat_pixels = torch.cat([image.reshape(image.shape[0], -1) for image in images], dim=1).to(self.dtype)
         canvas = queries.new_zeros(queries.shape[0], offsets[-1])
         counts = queries.new_zeros(offsets[-1])
         crop, stride, patch = self.config.slide_crop_size, self.config.slide_stride, self.config.patch_size
@@ -387,15 +390,18 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
             # The patch embedding ignores a remainder smaller than a patch, as CLIP's strided convolution does.
             feature_height, feature_width = height - height % patch, width - width % patch
             for chunk in torch.split(torch.tensor(windows), self.config.window_batch_size):
-                crops = torch.stack(
-                    [images[index][:, top : top + feature_height, left : left + feature_width] for index, top, left in chunk.tolist()]
+                crop_index = _window_pixel_indices(chunk, offsets, sizes, feature_height, feature_width)
+                crops = flat_pixels[:, crop_index.to(flat_pixels.device)].view(
+                    -1, len(chunk), feature_height, feature_width
                 )
-                features = F.normalize(dense_features(crops.to(self.dtype)).float(), dim=1)
+                features = F.normalize(dense_features(crops.transpose(0, 1)).float(), dim=1)
                 with record_function("scclip/upsample_canvas"):
-                    window_logits = torch.einsum("bdhw,qd->bqhw", features, queries)
-                    window_logits = F.interpolate(window_logits, size=(height, width), mode="bilinear", align_corners=False)
+                    window_logits = torch.einsum("bdhw,qd->qbhw", features, queries)
+                    window_logits = F.interpolate(
+                        window_logits, size=(height, width), mode="bilinear", align_corners=False
+                    )
                     pixel_index = _window_pixel_indices(chunk, offsets, sizes, height, width).to(canvas.device)
-                    canvas.index_add_(1, pixel_index, window_logits.transpose(0, 1).reshape(queries.shape[0], -1))
+                    canvas.index_add_(1, pixel_index, window_logits.reshape(queries.shape[0], -1))
                     counts.index_add_(0, pixel_index, torch.ones_like(pixel_index, dtype=counts.dtype))
         logits = [
             (canvas[:, start:end] / counts[start:end]).reshape(-1, *size)
@@ -403,7 +409,9 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
         ]
         return torch.stack(logits) if isinstance(pixel_values, torch.Tensor) else logits
 
-    def _encode_until_last_layer(self, pixel_values: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+    def _encode_until_last_layer(
+        self, pixel_values: torch.Tensor
+    ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
         """Run layers 1..L-1, keeping only the layers SC-CLIP reads and the running sum of the fusion layers."""
         config = self.config
         keep = {config.pre_adjust_layer, config.post_adjust_layer, config.num_hidden_layers - 1}

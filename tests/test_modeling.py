@@ -89,7 +89,13 @@ def cosine(tokens):
 
 def loop_attention(layer, tokens, pre_similarity, enhance, temperature=3.0):
     attention = layer.self_attn
-    x = F.layer_norm(tokens, (tokens.shape[-1],), layer.layer_norm1.weight.double(), layer.layer_norm1.bias.double(), layer.layer_norm1.eps)
+    x = F.layer_norm(
+        tokens,
+        (tokens.shape[-1],),
+        layer.layer_norm1.weight.double(),
+        layer.layer_norm1.bias.double(),
+        layer.layer_norm1.eps,
+    )
     keys = x @ attention.k_proj.weight.double().T + attention.k_proj.bias.double()
     values = x @ attention.v_proj.weight.double().T + attention.v_proj.bias.double()
     m = temperature * (pre_similarity - pre_similarity.mean())
@@ -129,7 +135,9 @@ def reference_dense_features(clip, config, window):
     if config.use_feature_aggregation:
         y = loop_aggregation(s_post, beta) @ y
     if config.use_multi_level_fusion:
-        fused = sum(hidden[l] for l in range(config.fusion_start_layer, config.fusion_end_layer + 1))
+        fused = sum(
+            hidden[layer_index] for layer_index in range(config.fusion_start_layer, config.fusion_end_layer + 1)
+        )
         y_f = loop_attention(layer, fused[1:], s_pre, enhance) + weight * fused[:1]
         if config.use_feature_aggregation:
             y_f = loop_aggregation(s_post, beta) @ y_f
@@ -158,7 +166,9 @@ def reference_slide_logits(clip, config, image, text_embeds):
             window = image[:, top : top + h - h % patch, left : left + w - w % patch][None]
             features = F.normalize(reference_dense_features(clip, config, window), dim=0)
             logits = torch.einsum("dhw,qd->qhw", features, queries)[None]
-            canvas[:, top : top + h, left : left + w] += F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0]
+            canvas[:, top : top + h, left : left + w] += F.interpolate(
+                logits, size=(h, w), mode="bilinear", align_corners=False
+            )[0]
             count[top : top + h, left : left + w] += 1
     return canvas / count
 
@@ -281,7 +291,8 @@ def test_dense_features_equal_reference(clip, model, size):
 
 
 @pytest.mark.parametrize(
-    "switch", ["use_anomaly_resolution", "use_attention_enhancement", "use_feature_aggregation", "use_multi_level_fusion"]
+    "switch",
+    ["use_anomaly_resolution", "use_attention_enhancement", "use_feature_aggregation", "use_multi_level_fusion"],
 )
 def test_each_ablation_switch_matches_reference_and_changes_output(clip, model, switch):
     torch.manual_seed(9)
@@ -290,12 +301,19 @@ def test_each_ablation_switch_matches_reference_and_changes_output(clip, model, 
     with torch.no_grad():
         features = ablated.get_dense_image_features(window)[0]
         default = model.get_dense_image_features(window)[0]
-    torch.testing.assert_close(features.double(), reference_dense_features(clip, ablated.config, window), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        features.double(), reference_dense_features(clip, ablated.config, window), rtol=1e-4, atol=1e-4
+    )
     assert (features - default).abs().max() > 1e-3
 
 
 def test_all_switches_off_is_plain_key_key_attention(clip):
-    switches = ["use_anomaly_resolution", "use_attention_enhancement", "use_feature_aggregation", "use_multi_level_fusion"]
+    switches = [
+        "use_anomaly_resolution",
+        "use_attention_enhancement",
+        "use_feature_aggregation",
+        "use_multi_level_fusion",
+    ]
     model = make_model(clip, **dict.fromkeys(switches, False))
     torch.manual_seed(10)
     window = torch.randn(1, 3, 64, 64)
@@ -353,7 +371,9 @@ def test_windows_batched_equal_windows_looped(clip, model):
     with torch.no_grad():
         all_at_once = model(pixel_values=images, text_embeds=text_embeds).logits
         for other in (looped, chunked):
-            torch.testing.assert_close(other(pixel_values=images, text_embeds=text_embeds).logits, all_at_once, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                other(pixel_values=images, text_embeds=text_embeds).logits, all_at_once, rtol=1e-5, atol=1e-5
+            )
         one_by_one = torch.cat([model(pixel_values=image[None], text_embeds=text_embeds).logits for image in images])
     torch.testing.assert_close(all_at_once, one_by_one, rtol=1e-5, atol=1e-5)
 
@@ -364,9 +384,15 @@ def test_images_of_different_sizes_as_a_list(model):
     text_embeds = torch.randn(2, 32)
     with torch.no_grad():
         logits = model(pixel_values=images, text_embeds=text_embeds).logits
-        assert isinstance(logits, list) and [tuple(l.shape) for l in logits] == [(2, 100, 150), (2, 40, 70), (2, 64, 64)]
+        assert isinstance(logits, list) and [tuple(image_logits.shape) for image_logits in logits] == [
+            (2, 100, 150),
+            (2, 40, 70),
+            (2, 64, 64),
+        ]
         for image, image_logits in zip(images, logits):
-            torch.testing.assert_close(image_logits, model(pixel_values=image[None], text_embeds=text_embeds).logits[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                image_logits, model(pixel_values=image[None], text_embeds=text_embeds).logits[0], rtol=1e-5, atol=1e-5
+            )
 
 
 def test_image_of_one_window_equals_dense_path(model):
@@ -401,7 +427,9 @@ def test_plain_clip_features_equal_clip(clip, model):
     window = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         tokens = clip.vision_model(window).last_hidden_state[:, 1:]
-        expected = clip.visual_projection(clip.vision_model.post_layernorm(tokens)).transpose(1, 2).reshape(2, 32, 8, 8)
+        expected = (
+            clip.visual_projection(clip.vision_model.post_layernorm(tokens)).transpose(1, 2).reshape(2, 32, 8, 8)
+        )
         torch.testing.assert_close(model.get_plain_clip_dense_features(window), expected, rtol=0, atol=0)
 
 
@@ -427,7 +455,9 @@ def test_from_clip_reproduces_clip_hidden_states_exactly(clip, model):
     torch.manual_seed(18)
     window = torch.randn(2, 3, 64, 64)
     captured = []
-    hooks = [layer.register_forward_hook(lambda _, __, out: captured.append(out)) for layer in model.encoder.layers[:-1]]
+    hooks = [
+        layer.register_forward_hook(lambda _, __, out: captured.append(out)) for layer in model.encoder.layers[:-1]
+    ]
     with torch.no_grad():
         model.get_dense_image_features(window)
         expected = clip.vision_model(window, output_hidden_states=True).hidden_states[1:12]
@@ -481,7 +511,12 @@ def test_presets_by_depth():
     b16 = SCCLIPConfig(patch_size=16)
     assert (b16.pre_adjust_layer, b16.post_adjust_layer, b16.fusion_start_layer, b16.fusion_end_layer) == (9, 4, 4, 10)
     l14 = SCCLIPConfig(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, patch_size=14)
-    assert (l14.pre_adjust_layer, l14.post_adjust_layer, l14.fusion_start_layer, l14.fusion_end_layer) == (17, 7, 9, 19)
+    assert (l14.pre_adjust_layer, l14.post_adjust_layer, l14.fusion_start_layer, l14.fusion_end_layer) == (
+        17,
+        7,
+        9,
+        19,
+    )
     assert l14.cls_residual_weight == 0.1
     six = SCCLIPConfig(num_hidden_layers=6, patch_size=16)  # B/16 indices scaled by 6/12
     assert (six.pre_adjust_layer, six.post_adjust_layer, six.fusion_start_layer, six.fusion_end_layer) == (4, 2, 2, 5)
