@@ -180,8 +180,9 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
     ```python
     >>> from modeling_scclip import SCCLIPForSemanticSegmentation, SCCLIPProcessor
 
-    >>> model = SCCLIPForSemanticSegmentation.from_clip("openai/clip-vit-base-patch16")
-    >>> processor = SCCLIPProcessor.from_clip("openai/clip-vit-base-patch16")
+    >>> # A folder written by scripts/convert_clip_to_scclip.py (or an SC-CLIP repo on the Hub)
+    >>> model = SCCLIPForSemanticSegmentation.from_pretrained("scclip-vit-b16")
+    >>> processor = SCCLIPProcessor.from_pretrained("scclip-vit-b16")
     >>> inputs = processor(images=image, return_tensors="pt")
     >>> labels = processor.encode_labels(model, ["cat", "dog", "grass"])
     >>> outputs = model(pixel_values=inputs.pixel_values, text_embeds=labels.text_embeds)
