@@ -225,9 +225,9 @@ def test_the_hand_made_logits_exercise_every_rule(processor):
     logits = [hand_made_logits(0)]
     query_to_class = torch.tensor(QUERY_TO_CLASS)
     plain = processor.post_process_semantic_segmentation(logits, query_to_class=query_to_class)[0]
-    filtered = processor.post_process_semantic_segmentation(
-        logits, query_to_class=query_to_class, area_threshold=0.1
-    )[0]
+    filtered = processor.post_process_semantic_segmentation(logits, query_to_class=query_to_class, area_threshold=0.1)[
+        0
+    ]
     thresholded = processor.post_process_semantic_segmentation(
         logits, query_to_class=query_to_class, prob_threshold=0.5
     )[0]
