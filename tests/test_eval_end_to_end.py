@@ -1,0 +1,212 @@
+"""eval/evaluate_benchmark.py end to end with a tiny random model on synthetic benchmark folders (no network)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+REPO = Path(__file__).resolve().parents[1]
+# eval/ holds scripts rather than a package: import its modules the way its scripts do.
+sys.path.insert(0, str(REPO / "eval"))
+
+from benchmark_data import BrokenRecordError  # noqa: E402
+from evaluate_benchmark import encode_queries, load_model_and_processor, main, parse_overrides  # noqa: E402
+from registry import load_registry  # noqa: E402
+from test_eval_datasets import make_ade20k, make_cityscapes, make_coco_stuff, make_context, make_voc, make_voc2012  # noqa: E402
+from test_eval_metric import hub_mean_iou  # noqa: E402
+from tiny_models import save_tiny_clip, tiny_tokenizer  # noqa: E402
+
+from modeling_scclip import SCCLIPForSemanticSegmentation  # noqa: E402
+from modeling_scclip.image_processing_scclip import SCCLIPImageProcessor  # noqa: E402
+from modeling_scclip.processing_scclip import SCCLIPProcessor  # noqa: E402
+
+
+SCRIPT = REPO / "eval" / "evaluate_benchmark.py"
+REGISTRY = load_registry()
+# The tiny model has 8-pixel patches: 64-pixel windows and images resized to a 64-pixel short side keep it fast.
+TINY_WINDOWS = {"slide_crop_size": 64, "slide_stride": 32, "lof_n_neighbors": 8}
+TINY_SETTINGS = [option for name, value in TINY_WINDOWS.items() for option in ("--set", f"{name}={value}")]
+VOC_NAMES = [f"2007_{index:06d}" for index in range(5)]  # an odd number of images for two processes
+TEMPLATES = ["a photo of a {}."]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("eval")
+    save_tiny_clip(folder / "clip")
+    make_voc(folder / "data", "VOC2012", "SegmentationClass", "ImageSets/Segmentation/val.txt", VOC_NAMES, 21)
+    (folder / "templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+    return folder
+
+
+def cli_arguments(workspace: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        *("--benchmark", "voc21", "--model", str(workspace / "clip"), "--data-dir", str(workspace / "data")),
+        *("--short-side", "64", "--templates", str(workspace / "templates.txt"), "--output", str(output)),
+        *TINY_SETTINGS,
+        *extra,
+    ]
+
+
+def run_script(launcher: list[str], arguments: list[str]) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    completed = subprocess.run(
+        [*launcher, str(SCRIPT), *arguments], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(Path(arguments[arguments.index("--output") + 1]).read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def one_and_two_processes(workspace):
+    single = run_script([sys.executable], cli_arguments(workspace, workspace / "one.json", "--num-workers", "1"))
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    accelerate += ["--main_process_port", str(free_port())]
+    double = run_script(
+        accelerate, cli_arguments(workspace, workspace / "two.json", "--num-workers", "0", "--batch-size", "2")
+    )
+    return single, double
+
+
+def test_one_and_two_processes_give_identical_metrics(one_and_two_processes):
+    single, double = one_and_two_processes
+    assert (single["num_processes"], double["num_processes"]) == (1, 2)
+    single, double = single["benchmarks"]["voc21"], double["benchmarks"]["voc21"]
+    assert single["num_images"] == double["num_images"] == len(VOC_NAMES)
+    for name in ("mIoU", "mAcc", "aAcc", "per_class_iou", "num_skipped"):
+        assert single[name] == double[name], name
+    assert list(single["per_class_iou"]) == REGISTRY["voc21"].class_names
+    assert single["settings"]["short_side"] == 64 and single["settings"]["num_templates"] == 1
+    assert single["images_per_second"] > 0
+
+
+def test_metrics_equal_a_direct_evaluation(workspace, one_and_two_processes):
+    """Score every image with the model and processor directly and the Hub metric's formulas, then compare."""
+    benchmark = REGISTRY["voc21"]
+    model = SCCLIPForSemanticSegmentation.from_clip(str(workspace / "clip"), **TINY_WINDOWS)
+    processor = SCCLIPProcessor(SCCLIPImageProcessor(), tiny_tokenizer())
+    queries = processor.encode_labels(model, benchmark.labels, TEMPLATES)
+    root = workspace / "data" / "VOCdevkit" / "VOC2012"
+    predictions, references = [], []
+    for name in VOC_NAMES:
+        image = Image.open(root / "JPEGImages" / f"{name}.jpg").convert("RGB")
+        inputs = processor(images=image, short_side=64)
+        with torch.no_grad():
+            outputs = model(pixel_values=inputs["pixel_values"], text_embeds=queries.text_embeds)
+        prediction = processor.post_process_semantic_segmentation(
+            outputs,
+            target_sizes=inputs["original_sizes"],
+            query_to_class=queries.query_to_class,
+            logit_scale=50,
+            prob_threshold=0.15,
+            area_threshold=0.1,
+        )[0]
+        predictions.append(prediction.numpy())
+        references.append(np.array(Image.open(root / "SegmentationClass" / f"{name}.png")))
+    expected = hub_mean_iou(predictions, references, num_labels=21, ignore_index=255)
+
+    result = one_and_two_processes[0]["benchmarks"]["voc21"]
+    assert result["mIoU"] == pytest.approx(100 * expected["mean_iou"], abs=1e-4)
+    assert result["aAcc"] == pytest.approx(100 * expected["overall_accuracy"], abs=1e-4)
+    per_class = [np.nan if iou is None else iou for iou in result["per_class_iou"].values()]
+    np.testing.assert_allclose(per_class, 100 * expected["per_category_iou"], atol=1e-4)
+
+
+def test_broken_record_is_named_then_skipped(workspace, tmp_path):
+    shutil.copytree(workspace / "data", tmp_path / "data")
+    (tmp_path / "data/VOCdevkit/VOC2012/JPEGImages/2007_000003.jpg").write_bytes(b"truncated")
+    arguments = cli_arguments(workspace, tmp_path / "out.json", "--num-workers", "0")
+    arguments[arguments.index("--data-dir") + 1] = str(tmp_path / "data")
+    with pytest.raises(BrokenRecordError, match="'2007_000003'.*unreadable image.*--skip-bad"):
+        main(arguments)
+
+    result = main([*arguments, "--skip-bad"])["benchmarks"]["voc21"]
+    assert (result["num_images"], result["num_skipped"]) == (len(VOC_NAMES) - 1, 1)
+    assert "'2007_000003'" in result["skipped_records"][0]
+    assert json.loads((tmp_path / "out.json").read_text())["benchmarks"]["voc21"]["num_skipped"] == 1
+
+
+def test_all_benchmarks_with_an_scclip_checkpoint(workspace, tmp_path):
+    for make in (make_voc2012, make_context, make_ade20k, make_cityscapes, make_coco_stuff):
+        make(tmp_path / "data")
+    checkpoint = tmp_path / "scclip"
+    SCCLIPForSemanticSegmentation.from_clip(str(workspace / "clip"), **TINY_WINDOWS).save_pretrained(checkpoint)
+    SCCLIPProcessor(SCCLIPImageProcessor(), tiny_tokenizer()).save_pretrained(checkpoint)
+    arguments = [
+        *("--benchmark", "all", "--model", str(checkpoint), "--data-dir", str(tmp_path / "data"), "--limit", "1"),
+        *("--short-side", "64", "--templates", str(workspace / "templates.txt"), "--num-workers", "0"),
+        *("--set", "use_attention_enhancement=false", "--output", str(tmp_path / "table.json")),
+    ]
+    summary = main(arguments)
+
+    assert list(summary["benchmarks"]) == list(REGISTRY)
+    assert all(result["num_images"] == 1 for result in summary["benchmarks"].values())
+    miou = [result["mIoU"] for result in summary["benchmarks"].values()]
+    assert summary["mean_miou"] == pytest.approx(np.mean(miou))
+    assert summary["config_overrides"] == {"use_attention_enhancement": False}
+    this_run = summary["table"].splitlines()[-1]
+    assert (
+        this_run
+        == "| "
+        + " | ".join([f"{checkpoint} (this run)", *(f"{value:.1f}" for value in miou), f"{np.mean(miou):.1f}"])
+        + " |"
+    )
+    assert summary["benchmarks"]["coco_object"]["settings"]["label_conversion"] == "none"
+    assert json.loads((tmp_path / "table.json").read_text())["table"] == summary["table"]
+
+
+def test_coco_object_queries_share_a_name_between_two_classes(workspace):
+    model, processor = load_model_and_processor(str(workspace / "clip"), {})
+    benchmark = REGISTRY["coco_object"]
+    text_embeds, query_to_class = encode_queries(processor, model, benchmark, TEMPLATES)
+    names = [name for class_names in benchmark.labels for name in class_names]
+    assert len(names) == len(text_embeds) == len(query_to_class)
+    bed_queries = [index for index, name in enumerate(names) if name == "bed"]
+    assert query_to_class[bed_queries].tolist() == [0, benchmark.class_names.index("bed")]
+    bed = processor.encode_labels(model, ["bed"], TEMPLATES).text_embeds[0]
+    for index in bed_queries:
+        torch.testing.assert_close(text_embeds[index], bed)
+
+
+def test_set_overrides_are_typed_and_checked(workspace):
+    overrides = parse_overrides(
+        ["use_feature_aggregation=false", "slide_stride=16", "similarity_threshold=0.5", "anomaly_detector=l2_norm"]
+    )
+    assert overrides == {
+        "use_feature_aggregation": False,
+        "slide_stride": 16,
+        "similarity_threshold": 0.5,
+        "anomaly_detector": "l2_norm",
+    }
+    model, _ = load_model_and_processor(str(workspace / "clip"), overrides)
+    assert (model.config.use_feature_aggregation, model.config.slide_stride, model.config.anomaly_detector) == (
+        False,
+        16,
+        "l2_norm",
+    )
+    for assignment, message in (
+        ("hidden_size=8", "not an SC-CLIP setting"),
+        ("slide_stride=1.5", "expected a value"),
+        ("use_multi_level_fusion=maybe", "true or false"),
+        ("anomaly_detector=knn", "choose one of"),
+        ("slide_stride", "NAME=VALUE"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_overrides([assignment])
