@@ -1,0 +1,516 @@
+#!/usr/bin/env python
+# Copyright 2026 The SC-CLIP for Hugging Face authors. Licensed under the MIT License.
+"""
+Speed and memory of SC-CLIP against plain CLIP dense prediction, on random-weight models (nothing is downloaded).
+
+For every model shape and image size, three cases run on the same sliding windows of the same images:
+
+- `plain_clip` (a): plain CLIP dense prediction, i.e. the patch tokens of the unmodified last layer, post-LayerNorm'd
+  and projected, through SC-CLIP's own slide inference and canvas;
+- `scclip_batched` (b): SC-CLIP, windows batched (`config.window_batch_size` windows through the encoder at once);
+- `scclip_one_window` (c): SC-CLIP one window at a time (`window_batch_size=1`), the schedule of the authors' code.
+
+Times are medians over `--repeats` runs after `--warmup` runs; within every repeat the three cases run in turn, so
+that a drift of the machine's speed hits them alike. Peak memory is taken from one more run of each case, after the
+timed ones:
+
+- on CUDA: `torch.cuda.max_memory_allocated` during the run;
+- on CPU (Linux): the process's resident-set high-water mark (`VmHWM`), reset through `/proc/self/clear_refs` just
+  before the run, after `malloc_trim` has handed the heap's free pages back so that reused memory is counted again.
+
+The memory columns and the memory ratio use the *increase* over what the process held before the run (weights,
+Python, libraries), i.e. the memory the inference itself needs at its peak; the JSON also keeps the absolute peak.
+
+The per-stage breakdown of (b) comes from `torch.profiler`: the model labels its stages with
+`torch.profiler.record_function("scclip/<stage>")` and the breakdown lists each label's time as a share of the
+profiled run. Finally the text-tower check counts, with a forward hook, how often `SCCLIPProcessor.encode_labels`
+runs the text tower when the same labels are segmented again.
+
+Example (from the repository root, with the package installed or the root on `PYTHONPATH`):
+
+    python scripts/benchmark.py --models vit-b16 --sizes 336x448 --repeats 5 \
+        --output benchmark.json --markdown benchmark.md
+"""
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import dataclasses
+import json
+import platform
+import statistics
+import string
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from tqdm.auto import tqdm
+from transformers import CLIPTokenizer
+
+from modeling_scclip import SCCLIPConfig, SCCLIPForSemanticSegmentation
+from modeling_scclip.image_processing_scclip import SCCLIPImageProcessor
+from modeling_scclip.processing_scclip import SCCLIPProcessor
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionShape:
+    """The shape of a CLIP vision tower, and the SC-CLIP settings its windows need."""
+
+    num_hidden_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    patch_size: int
+    projection_dim: int
+    image_size: int = 224
+    scclip_overrides: dict = dataclasses.field(default_factory=dict)
+
+
+MODEL_SHAPES = {
+    "vit-b16": VisionShape(
+        num_hidden_layers=12, hidden_size=768, num_attention_heads=12, patch_size=16, projection_dim=512
+    ),
+    "vit-l14": VisionShape(
+        num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, patch_size=14, projection_dim=768
+    ),
+    # The tests' shape: 12 narrow layers on 8-pixel patches and 64-pixel windows, so that a run takes milliseconds.
+    "tiny": VisionShape(
+        num_hidden_layers=12,
+        hidden_size=128,
+        num_attention_heads=2,
+        patch_size=8,
+        projection_dim=32,
+        image_size=64,
+        scclip_overrides={"slide_crop_size": 64, "slide_stride": 32, "lof_n_neighbors": 8},
+    ),
+}
+# Only the vision tower is timed: the text tower is kept tiny, just big enough to run the text-tower check.
+TEXT_TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 1}
+CASES = ("plain_clip", "scclip_batched", "scclip_one_window")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STAGE_PREFIX = "scclip/"
+# The stages that SC-CLIP adds on top of plain CLIP's computation, whose total the issue bounds.
+OVERHEAD_STAGES = ("lof", "resolution", "similarity_aggregation")
+# Targets of issue 6, checked on every result (they are stated for CPU float32 ViT-B/16 at 336x448).
+TARGETS = {
+    "time_batched_over_plain": 1.05,
+    "memory_batched_over_plain": 1.25,
+    "overhead_stages_percent": 10.0,
+}
+MIB = 2**20
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`"336x448"` -> `(336, 448)` (height, width)."""
+    height, separator, width = text.lower().partition("x")
+    if not separator or not height.isdigit() or not width.isdigit() or int(height) < 1 or int(width) < 1:
+        raise ValueError(f"Image sizes are written HEIGHTxWIDTH with positive integers, e.g. 336x448; got {text!r}.")
+    return int(height), int(width)
+
+
+def character_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer of single characters (no merges): enough to feed the random-weight text tower."""
+    characters = string.ascii_lowercase + string.digits + ".,;:'!?-()/&"
+    tokens = [*characters, *(character + "</w>" for character in characters), "<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={token: index for index, token in enumerate(tokens)}, merges=[])
+
+
+def random_scclip_model(shape: VisionShape, tokenizer: CLIPTokenizer, seed: int) -> SCCLIPForSemanticSegmentation:
+    """An SC-CLIP model of the given vision shape with random weights (the preset follows from the depth)."""
+    text_config = dict(
+        TEXT_TOWER,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = SCCLIPConfig(
+        hidden_size=shape.hidden_size,
+        intermediate_size=4 * shape.hidden_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        patch_size=shape.patch_size,
+        image_size=shape.image_size,
+        projection_dim=shape.projection_dim,
+        text_config=text_config,
+        **shape.scclip_overrides,
+    )
+    torch.manual_seed(seed)
+    return SCCLIPForSemanticSegmentation(config).eval()
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def window_batch_size(model: SCCLIPForSemanticSegmentation, size: int):
+    """Run the model's slide inference `size` windows at a time within the block."""
+    previous = model.config.window_batch_size
+    model.config.window_batch_size = size
+    try:
+        yield
+    finally:
+        model.config.window_batch_size = previous
+
+
+def benchmark_cases(model, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """The three cases of the benchmark, each a call that segments `pixel_values` once."""
+
+    def plain_clip():
+        # SC-CLIP's own slide inference and canvas, with plain CLIP's features of every window.
+        return model.slide_inference(pixel_values, text_embeds, dense_features=model.get_plain_clip_dense_features)
+
+    def scclip_batched():
+        return model(pixel_values, text_embeds=text_embeds)
+
+    def scclip_one_window():
+        with window_batch_size(model, 1):
+            return model(pixel_values, text_embeds=text_embeds)
+
+    return {"plain_clip": plain_clip, "scclip_batched": scclip_batched, "scclip_one_window": scclip_one_window}
+
+
+def time_cases(cases: dict[str, Callable], device: torch.device, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Milliseconds of every run of every case, the cases taking turns within each repeat."""
+    for _ in range(warmup):
+        for run in cases.values():
+            run()
+    times = {name: [] for name in cases}
+    for _ in tqdm(range(repeats), desc="repeats", leave=False):
+        for name, run in cases.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            times[name].append(1000 * (time.perf_counter() - start))
+    return times
+
+
+class ResidentSetPeak:
+    """The CPU process's resident-set high-water mark, resettable on Linux with glibc."""
+
+    def __init__(self):
+        libc_name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(libc_name) if libc_name else None
+        self.malloc_trim = getattr(libc, "malloc_trim", None)
+        self.available = self.malloc_trim is not None and Path("/proc/self/clear_refs").exists()
+
+    @staticmethod
+    def status_bytes(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise ValueError(f"/proc/self/status has no {field} line.")
+
+    def reset(self) -> int:
+        """Return the heap's free pages to the system, reset the high-water mark and return the resident set."""
+        self.malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        return self.status_bytes("VmRSS")
+
+    def peak(self) -> int:
+        return self.status_bytes("VmHWM")
+
+
+def measure_peak_memory(run: Callable, device: torch.device, rss: ResidentSetPeak) -> dict | None:
+    """Peak memory of one call of `run`, and its increase over what was held before; `None` where not measurable."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    elif rss.available:
+        before = rss.reset()
+        run()
+        peak = rss.peak()
+    else:
+        return None
+    return {"peak_mib": peak / MIB, "increase_mib": (peak - before) / MIB}
+
+
+def stage_times_ms(profiler, device: torch.device, runs: int) -> dict[str, float]:
+    """Milliseconds per run of every `scclip/<stage>` region the profiler saw (GPU time on CUDA)."""
+    stages = {}
+    for event in profiler.key_averages():
+        if event.key.startswith(STAGE_PREFIX):
+            total_us = event.device_time_total if device.type == "cuda" else event.cpu_time_total
+            # On CUDA a label is listed twice (its CPU range and its GPU range): keep the GPU time.
+            name = event.key[len(STAGE_PREFIX) :]
+            stages[name] = max(stages.get(name, 0.0), total_us / 1000 / runs)
+    return stages
+
+
+def profile_stages(run: Callable, device: torch.device, runs: int) -> dict:
+    """Time of each labelled stage of `run`, in milliseconds and as a percentage of the profiled run."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(runs):
+            run()
+        synchronize(device)
+        total_ms = 1000 * (time.perf_counter() - start) / runs
+    stages = stage_times_ms(profiler, device, runs)
+    breakdown = {name: {"ms": ms, "percent": 100 * ms / total_ms} for name, ms in stages.items()}
+    overhead = sum(stages.get(name, 0.0) for name in OVERHEAD_STAGES)
+    return {
+        "profiled_ms": total_ms,
+        "stages": breakdown,
+        "unlabelled_ms": total_ms - sum(stages.values()),
+        "overhead_stages": list(OVERHEAD_STAGES),
+        "overhead_stages_percent": 100 * overhead / total_ms if stages else None,
+    }
+
+
+def count_text_tower_runs(
+    model, processor: SCCLIPProcessor, labels: list[str], pixel_values, rounds: int
+) -> list[int]:
+    """Text-tower forward calls in each of `rounds` segmentations of `pixel_values` with the same `labels`."""
+    calls = []
+    handle = model.text_model.register_forward_hook(lambda *_: calls.append(1))
+    runs = []
+    try:
+        for _ in range(rounds):
+            before = len(calls)
+            label_embeddings = processor.encode_labels(model, labels)
+            model(pixel_values, text_embeds=label_embeddings.text_embeds)
+            runs.append(len(calls) - before)
+    finally:
+        handle.remove()
+    return runs
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def summarise_case(times_ms: list[float], memory: dict | None, batch_size: int) -> dict:
+    ms_per_image = statistics.median(times_ms) / batch_size
+    return {
+        "ms_per_image": ms_per_image,
+        "images_per_second": 1000 / ms_per_image,
+        "times_ms": times_ms,
+        "memory": memory,
+    }
+
+
+def result_ratios(cases: dict) -> dict:
+    memory = {name: (case["memory"] or {}).get("increase_mib") for name, case in cases.items()}
+    return {
+        "time_batched_over_plain": ratio(cases["scclip_batched"]["ms_per_image"], cases["plain_clip"]["ms_per_image"]),
+        "time_one_window_over_batched": ratio(
+            cases["scclip_one_window"]["ms_per_image"], cases["scclip_batched"]["ms_per_image"]
+        ),
+        "memory_batched_over_plain": ratio(memory["scclip_batched"], memory["plain_clip"]),
+    }
+
+
+def targets_met(ratios: dict, stages: dict) -> dict:
+    measured = dict(ratios, overhead_stages_percent=stages["overhead_stages_percent"])
+    return {name: None if measured[name] is None else measured[name] <= bound for name, bound in TARGETS.items()}
+
+
+@contextlib.contextmanager
+def dense_features_replaced(model: SCCLIPForSemanticSegmentation, replacements: dict[str, Callable]):
+    """Within the block, the model's dense-feature methods named in `replacements` are replaced (e.g. compiled)."""
+    model.__dict__.update(replacements)  # instance attributes shadow the methods
+    try:
+        yield
+    finally:
+        for name in replacements:
+            del model.__dict__[name]
+
+
+def benchmark_size(model, size, args, device, dtype, rss, compiled: dict[str, Callable]) -> dict:
+    """Time, memory and stage breakdown of the three cases on `args.batch_size` random images of `size`."""
+    generator = torch.Generator().manual_seed(args.seed)
+    pixel_values = torch.randn(args.batch_size, 3, *size, generator=generator).to(device=device, dtype=dtype)
+    text_embeds = torch.randn(args.num_queries, model.config.projection_dim, generator=generator)
+    cases = benchmark_cases(model, pixel_values, text_embeds.to(device=device, dtype=dtype))
+    with dense_features_replaced(model, compiled):
+        times = time_cases(cases, device, args.warmup, args.repeats)
+        memory = {name: measure_peak_memory(run, device, rss) for name, run in cases.items()}
+    summaries = {name: summarise_case(times[name], memory[name], args.batch_size) for name in cases}
+    # Eager, also under --compile: compiled code drops the profiler's stage labels.
+    stages = profile_stages(cases["scclip_batched"], device, args.profile_runs)
+    ratios = result_ratios(summaries)
+    return {
+        "height": size[0],
+        "width": size[1],
+        "cases": summaries,
+        "ratios": ratios,
+        "stages": stages,
+        "targets_met": targets_met(ratios, stages),
+    }
+
+
+def benchmark_model(name: str, args, device, dtype, rss) -> dict:
+    tokenizer = character_tokenizer()
+    model = random_scclip_model(MODEL_SHAPES[name], tokenizer, args.seed)
+    processor = SCCLIPProcessor(image_processor=SCCLIPImageProcessor(), tokenizer=tokenizer)
+    crop = model.config.slide_crop_size
+    labels = [f"class {index}" for index in range(args.num_queries)]
+    # Counted in float32 before any cast or compilation: the check is about caching, not speed.
+    text_tower_runs = count_text_tower_runs(model, processor, labels, torch.randn(1, 3, crop, crop), rounds=3)
+    model.to(device=device, dtype=dtype)
+    # Both cases compile their per-window features alike; the slide loop and canvas stay eager in both.
+    feature_methods = ("get_dense_image_features", "get_plain_clip_dense_features")
+    compiled = {method: torch.compile(getattr(model, method)) for method in feature_methods} if args.compile else {}
+    sizes = {}
+    with torch.inference_mode():
+        for size in tqdm(args.sizes, desc=name, leave=False):
+            sizes[f"{size[0]}x{size[1]}"] = benchmark_size(model, size, args, device, dtype, rss, compiled)
+    return {"model": name, "config": model.config.to_diff_dict(), "text_tower_runs": text_tower_runs, "sizes": sizes}
+
+
+def environment(args, device: torch.device, rss: ResidentSetPeak, argv: list[str]) -> dict:
+    return {
+        "command": " ".join(["python", "scripts/benchmark.py", *argv]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "batch_size": args.batch_size,
+        "num_queries": args.num_queries,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "profile_runs": args.profile_runs,
+        "memory": memory_method(device, rss),
+    }
+
+
+def memory_method(device: torch.device, rss: ResidentSetPeak) -> str:
+    if device.type == "cuda":
+        return "increase of torch.cuda.max_memory_allocated over the memory allocated before the run"
+    if rss.available:
+        return "increase of the resident-set high-water mark over the resident set before the run"
+    return "not measured (the CPU measurement needs Linux with glibc)"
+
+
+def format_number(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def summary_row(model: str, size: str, entry: dict) -> str:
+    """One row of the summary table: times of the three cases, their ratios and the memory of (a) and (b)."""
+    cases, ratios = entry["cases"], entry["ratios"]
+    memory = [(cases[name]["memory"] or {}).get("increase_mib") for name in ("plain_clip", "scclip_batched")]
+    cells = [
+        model,
+        size,
+        *(f"{cases[name]['ms_per_image']:.1f}" for name in CASES),
+        f"{cases['scclip_batched']['images_per_second']:.2f}",
+        format_number(ratios["time_batched_over_plain"], 3),
+        format_number(ratios["time_one_window_over_batched"], 3),
+        *(format_number(value) for value in memory),
+        format_number(ratios["memory_batched_over_plain"], 3),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def stage_rows(model: str, size: str, stages: dict) -> list[str]:
+    """Rows of the stage table: every labelled stage, the overhead stages' total and the unlabelled rest."""
+    rows = [(stage, f"{timing['ms']:.1f}", f"{timing['percent']:.1f}") for stage, timing in stages["stages"].items()]
+    rows.append((" + ".join(stages["overhead_stages"]), "", format_number(stages["overhead_stages_percent"])))
+    unlabelled_percent = 100 * stages["unlabelled_ms"] / stages["profiled_ms"]
+    rows.append(("(unlabelled)", f"{stages['unlabelled_ms']:.1f}", f"{unlabelled_percent:.1f}"))
+    return [f"| {model} | {size} | {stage} | {ms} | {percent} |" for stage, ms, percent in rows]
+
+
+def markdown_report(report: dict) -> str:
+    """The benchmark as markdown: a summary table of the three cases, a stage table of (b), the text-tower check."""
+    env = report["environment"]
+    summary, stages, text_tower = [], [], []
+    for result in report["results"]:
+        for size, entry in result["sizes"].items():
+            summary.append(summary_row(result["model"], size, entry))
+            stages.extend(stage_rows(result["model"], size, entry["stages"]))
+        runs = ", ".join(map(str, result["text_tower_runs"]))
+        text_tower.append(f"- {result['model']}: text-tower runs per segmentation with the same labels: {runs}")
+    return "\n".join(
+        [
+            "# SC-CLIP speed and memory",
+            "",
+            f"`{env['command']}`",
+            "",
+            f"{env['device']} ({env['device_type']}, {env['threads']} threads), {env['dtype']}, "
+            f"batch {env['batch_size']}, {env['num_queries']} queries, torch.compile {'on' if env['compile'] else 'off'}, "
+            f"torch {env['torch']}; median of {env['repeats']} runs after {env['warmup']} warm-up runs. "
+            f"Memory: {env['memory']}, in MiB.",
+            "",
+            "| model | size | (a) plain CLIP ms/img | (b) SC-CLIP ms/img | (c) one window ms/img | (b) img/s "
+            "| (b)/(a) time | (c)/(b) time | (a) MiB | (b) MiB | (b)/(a) memory |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *summary,
+            "",
+            "## Stages of (b) SC-CLIP, eager, under the profiler (share of the profiled run)",
+            "",
+            "| model | size | stage | ms | % of (b) |",
+            "| --- | --- | --- | ---: | ---: |",
+            *stages,
+            "",
+            "## Text tower",
+            "",
+            *text_tower,
+            "",
+        ]
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", choices=sorted(MODEL_SHAPES), default=["vit-b16", "vit-l14"])
+    parser.add_argument("--sizes", nargs="+", default=["336x448", "336x500", "560x1120"], help="HEIGHTxWIDTH")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both cases' per-window dense features")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per call, all of the same size")
+    parser.add_argument("--num-queries", type=int, default=21, help="random text queries (VOC has 21 classes)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile-runs", type=int, default=2, help="profiled runs of (b) for the stage breakdown")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=Path("benchmark.json"))
+    parser.add_argument("--markdown", type=Path, default=Path("benchmark.md"))
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = [parse_size(size) for size in args.sizes]
+    except ValueError as error:
+        parser.error(str(error))
+    for name in ("batch_size", "num_queries", "repeats", "profile_runs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    if args.warmup < 0:
+        parser.error(f"--warmup must not be negative, got {args.warmup}.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    rss = ResidentSetPeak()
+    results = [benchmark_model(name, args, device, dtype, rss) for name in tqdm(args.models, desc="models")]
+    report = {"environment": environment(args, device, rss, argv), "results": results}
+    args.output.write_text(json.dumps(report, indent=2))
+    args.markdown.write_text(markdown_report(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

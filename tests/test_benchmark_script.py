@@ -1,0 +1,174 @@
+"""Tests of `scripts/benchmark.py`: a tiny end-to-end run, its JSON and markdown, and the measuring instruments."""
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+SIZES = ("64x96", "80x72")
+BATCH_SIZE = 2
+MIB = 2**20
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = load_script()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny benchmark run: its JSON report and its markdown."""
+    folder = tmp_path_factory.mktemp("benchmark")
+    argv = f"--models tiny --sizes {' '.join(SIZES)} --batch-size {BATCH_SIZE} --repeats 1 --warmup 0".split()
+    argv += ["--profile-runs", "1", "--output", str(folder / "r.json"), "--markdown", str(folder / "r.md")]
+    benchmark.main(argv)
+    return json.loads((folder / "r.json").read_text()), (folder / "r.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return benchmark.random_scclip_model(benchmark.MODEL_SHAPES["tiny"], benchmark.character_tokenizer(), seed=0)
+
+
+def test_every_case_is_timed_and_summarised(run):
+    report, _ = run
+    assert [result["model"] for result in report["results"]] == ["tiny"]
+    sizes = report["results"][0]["sizes"]
+    assert list(sizes) == list(SIZES)
+    for name, entry in sizes.items():
+        assert f"{entry['height']}x{entry['width']}" == name
+        assert set(entry["cases"]) == set(benchmark.CASES)
+        for case in entry["cases"].values():
+            assert len(case["times_ms"]) == 1 and min(case["times_ms"]) > 0
+            assert case["ms_per_image"] == pytest.approx(statistics.median(case["times_ms"]) / BATCH_SIZE)
+            assert case["images_per_second"] == pytest.approx(1000 / case["ms_per_image"])
+            assert case["memory"]["increase_mib"] > 0
+            assert case["memory"]["peak_mib"] > case["memory"]["increase_mib"]
+
+
+def test_ratios_come_from_the_measured_cases(run):
+    report, _ = run
+    for entry in report["results"][0]["sizes"].values():
+        cases, ratios = entry["cases"], entry["ratios"]
+        plain, batched, one_window = (cases[name] for name in benchmark.CASES)
+        assert ratios["time_batched_over_plain"] == pytest.approx(batched["ms_per_image"] / plain["ms_per_image"])
+        assert ratios["time_one_window_over_batched"] == pytest.approx(
+            one_window["ms_per_image"] / batched["ms_per_image"]
+        )
+        assert ratios["memory_batched_over_plain"] == pytest.approx(
+            batched["memory"]["increase_mib"] / plain["memory"]["increase_mib"]
+        )
+        for name, bound in benchmark.TARGETS.items():
+            measured = entry["stages"][name] if name in entry["stages"] else ratios[name]
+            assert entry["targets_met"][name] == (measured <= bound)
+
+
+def test_stage_breakdown_has_every_model_stage(run):
+    report, _ = run
+    for entry in report["results"][0]["sizes"].values():
+        stages = entry["stages"]
+        expected = {"encoder", "lof", "resolution", "similarity_aggregation", "final_attention", "fusion"}
+        assert expected | {"upsample_canvas"} == set(stages["stages"])
+        for timing in stages["stages"].values():
+            assert timing["ms"] > 0
+            assert timing["percent"] == pytest.approx(100 * timing["ms"] / stages["profiled_ms"])
+        overhead = sum(stages["stages"][name]["ms"] for name in ("lof", "resolution", "similarity_aggregation"))
+        assert stages["overhead_stages_percent"] == pytest.approx(100 * overhead / stages["profiled_ms"])
+        labelled = sum(timing["ms"] for timing in stages["stages"].values())
+        assert stages["unlabelled_ms"] == pytest.approx(stages["profiled_ms"] - labelled)
+
+
+def test_text_tower_runs_only_for_the_first_segmentation(run):
+    report, _ = run
+    first, *repeats = report["results"][0]["text_tower_runs"]
+    assert first >= 1 and repeats == [0, 0]
+
+
+def test_markdown_tables_show_the_json_numbers(run):
+    report, markdown = run
+    assert report["environment"]["command"] in markdown
+    rows = [line.split(" | ") for line in markdown.splitlines() if line.startswith("| tiny | ")]
+    for size, entry in report["results"][0]["sizes"].items():
+        summary = next(row for row in rows if row[1] == size and len(row) == 11)
+        cases, ratios = entry["cases"], entry["ratios"]
+        assert summary[2:5] == [f"{cases[name]['ms_per_image']:.1f}" for name in benchmark.CASES]
+        assert summary[6] == f"{ratios['time_batched_over_plain']:.3f}"
+        assert summary[7] == f"{ratios['time_one_window_over_batched']:.3f}"
+        assert summary[10] == f"{ratios['memory_batched_over_plain']:.3f} |"
+        stage_rows = {row[2]: row for row in rows if row[1] == size and len(row) == 5}
+        assert f"{entry['stages']['stages']['lof']['percent']:.1f} |" == stage_rows["lof"][4]
+    assert "text-tower runs per segmentation with the same labels: " in markdown
+
+
+def test_plain_clip_case_is_unmodified_clip(tiny_model):
+    """(a) on one window equals an independent CLIPVisionModel with the same weights, post-LN'd and projected."""
+    config = tiny_model.config
+    clip = CLIPVisionModel(
+        CLIPVisionConfig(**{name: getattr(config, name) for name in CLIPVisionConfig.__annotations__})
+    )
+    clip_names = set(clip.state_dict())
+    clip.load_state_dict({name: tensor for name, tensor in tiny_model.state_dict().items() if name in clip_names})
+    crop = config.slide_crop_size
+    pixel_values, text_embeds = torch.randn(1, 3, crop, crop), torch.randn(5, config.projection_dim)
+    with torch.inference_mode():
+        logits = benchmark.benchmark_cases(tiny_model, pixel_values, text_embeds)["plain_clip"]()
+        tokens = clip(pixel_values).last_hidden_state[:, 1:]
+        features = F.normalize(tiny_model.visual_projection(clip.post_layernorm(tokens)), dim=-1)
+    grid = crop // config.patch_size
+    similarities = (features @ F.normalize(text_embeds, dim=-1).T).transpose(1, 2).reshape(1, -1, grid, grid)
+    expected = F.interpolate(similarities, size=(crop, crop), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_one_window_case_only_changes_the_schedule(tiny_model):
+    pixel_values, text_embeds = torch.randn(1, 3, 96, 128), torch.randn(4, tiny_model.config.projection_dim)
+    cases = benchmark.benchmark_cases(tiny_model, pixel_values, text_embeds)
+    window_batch_size = tiny_model.config.window_batch_size
+    with torch.inference_mode():
+        batched, one_window = cases["scclip_batched"]().logits, cases["scclip_one_window"]().logits
+    torch.testing.assert_close(one_window, batched, atol=1e-5, rtol=1e-5)
+    assert tiny_model.config.window_batch_size == window_batch_size > 1
+
+
+def test_replaced_dense_features_serve_both_cases_only_within_the_block(tiny_model):
+    """The --compile path: replacements (compiled functions there) run for (a), (b) and (c), then the methods return."""
+    calls = []
+
+    def recording(method):
+        return lambda pixel_values: calls.append(method.__name__) or method(pixel_values)
+
+    methods = (tiny_model.get_dense_image_features, tiny_model.get_plain_clip_dense_features)
+    replacements = {method.__name__: recording(method) for method in methods}
+    cases = benchmark.benchmark_cases(tiny_model, torch.randn(1, 3, 64, 64), torch.randn(3, 32))
+    with torch.inference_mode(), benchmark.dense_features_replaced(tiny_model, replacements):
+        for run in cases.values():
+            run()
+    assert calls == ["get_plain_clip_dense_features", "get_dense_image_features", "get_dense_image_features"]
+    assert all(name not in vars(tiny_model) for name in replacements)
+    assert tiny_model.get_dense_image_features == methods[0]
+
+
+def test_cpu_peak_memory_counts_a_known_allocation_every_time():
+    """64 MiB touched in the call are counted, also the second time, when freed heap memory could be reused."""
+    rss, cpu = benchmark.ResidentSetPeak(), torch.device("cpu")
+    for _ in range(2):
+        memory = benchmark.measure_peak_memory(lambda: torch.ones(64 * MIB // 4), cpu, rss)
+        assert memory["increase_mib"] == pytest.approx(64, abs=4)
+
+
+def test_sizes_are_parsed_and_bad_ones_explained():
+    assert benchmark.parse_size("336x448") == (336, 448)
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+        benchmark.parse_size("336by448")
