@@ -19,8 +19,6 @@ import json
 import math
 import os
 import time
-import types
-import typing
 from functools import partial
 from pathlib import Path
 
@@ -41,22 +39,16 @@ from datasets.distributed import split_dataset_by_node
 from registry import PAPER_BACKBONES, Benchmark, load_registry, load_registry_templates, read_templates
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, CLIPVisionConfig, PretrainedConfig
 
-from modeling_scclip import SCCLIPConfig, SCCLIPForSemanticSegmentation
-from modeling_scclip.image_processing_scclip import SCCLIPImageProcessor
+from modeling_scclip import SCCLIPForSemanticSegmentation
+from modeling_scclip.configuration_scclip import SCCLIP_SETTINGS, parse_scclip_settings
+from modeling_scclip.loading_scclip import load_scclip_model_and_processor
 from modeling_scclip.processing_scclip import SCCLIPProcessor
 
 
 logger = get_logger(__name__)
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "streaming_mean_iou"
-# SC-CLIP's own settings, which `--set` may change; the CLIP tower's shape comes from the checkpoint.
-SCCLIP_SETTINGS = sorted(
-    set(SCCLIPConfig.__dataclass_fields__)
-    - set(CLIPVisionConfig.__dataclass_fields__)
-    - {"text_config", "projection_dim"}
-)
 PAPER_ROW_TITLES = {"vit-b16": "SC-CLIP, paper (ViT-B/16)", "vit-l14": "SC-CLIP, paper (ViT-L/14)"}
 
 
@@ -102,83 +94,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_workers < 0:
         parser.error("--num-workers must be at least 0.")
     return args
-
-
-def _field_types(annotation) -> tuple:
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-def convert_setting(name: str, text: str):
-    """Convert the text of `--set name=text` to the type of the SC-CLIP config field `name`."""
-    if name not in SCCLIP_SETTINGS:
-        raise ValueError(f"--set {name}: not an SC-CLIP setting; choose one of {', '.join(SCCLIP_SETTINGS)}.")
-    annotation = SCCLIPConfig.__dataclass_fields__[name].type
-    if typing.get_origin(annotation) is typing.Literal:
-        if text not in typing.get_args(annotation):
-            raise ValueError(f"--set {name}={text}: choose one of {', '.join(typing.get_args(annotation))}.")
-        return text
-    field_types = _field_types(annotation)
-    if type(None) in field_types and text.lower() == "none":
-        return None
-    if bool in field_types:
-        booleans = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-        if text.lower() not in booleans:
-            raise ValueError(f"--set {name}={text}: expected true or false.")
-        return booleans[text.lower()]
-    for field_type in (int, float):
-        if field_type in field_types:
-            try:
-                return field_type(text)
-            except ValueError:
-                continue
-    raise ValueError(f"--set {name}={text}: expected a value of type {annotation}.")
-
-
-def parse_overrides(assignments: list[str]) -> dict:
-    """`["name=value", ...]` -> {name: value converted to the config field's type}."""
-    overrides = {}
-    for assignment in assignments:
-        name, separator, text = assignment.partition("=")
-        if not separator:
-            raise ValueError(f"--set expects NAME=VALUE, got {assignment!r}.")
-        overrides[name.strip()] = convert_setting(name.strip(), text.strip())
-    return overrides
-
-
-def _model_type(name_or_path: str) -> str:
-    try:
-        config_dict, _ = PretrainedConfig.get_config_dict(name_or_path)
-    except OSError as error:
-        raise OSError(
-            f"Could not read the configuration of the model {name_or_path!r}: it is not a local folder with a "
-            f"config.json, and the Hub cannot be reached (offline?) or does not have it ({error})."
-        ) from error
-    return config_dict.get("model_type")
-
-
-def load_model_and_processor(
-    name_or_path: str, overrides: dict
-) -> tuple[SCCLIPForSemanticSegmentation, SCCLIPProcessor]:
-    """An SC-CLIP model and processor from an SC-CLIP checkpoint, or from a CLIP one converted on the fly."""
-    model_type = _model_type(name_or_path)
-    if model_type == "clip":
-        model = SCCLIPForSemanticSegmentation.from_clip(name_or_path, **overrides)
-        image_processor = SCCLIPImageProcessor()
-    elif model_type == SCCLIPConfig.model_type:
-        config = SCCLIPConfig.from_pretrained(name_or_path)
-        # Rebuild the config so that the overridden values are checked like any SC-CLIP config.
-        config = SCCLIPConfig.from_dict({**config.to_dict(), **overrides})
-        model = SCCLIPForSemanticSegmentation.from_pretrained(name_or_path, config=config)
-        image_processor = SCCLIPImageProcessor.from_pretrained(name_or_path)
-    else:
-        raise ValueError(
-            f"The model {name_or_path!r} has model_type {model_type!r}: give an SC-CLIP ('scclip') or CLIP ('clip') "
-            "checkpoint."
-        )
-    processor = SCCLIPProcessor(image_processor, AutoTokenizer.from_pretrained(name_or_path))
-    return model.eval(), processor
 
 
 def load_benchmark_data(benchmark: Benchmark, args: argparse.Namespace) -> BenchmarkData:
@@ -352,12 +267,12 @@ def make_accelerator() -> Accelerator:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    overrides = parse_overrides(args.overrides)
+    overrides = parse_scclip_settings(args.overrides)
     registry = load_registry()
     keys = list(registry) if args.benchmark == "all" else [args.benchmark]
     accelerator = make_accelerator()
     try:
-        model, processor = load_model_and_processor(args.model, overrides)
+        model, processor = load_scclip_model_and_processor(args.model, **overrides)
         model.to(accelerator.device)
         results = {}
         for key in keys:

@@ -1,6 +1,9 @@
 # Copyright 2026 The SC-CLIP for Hugging Face authors. Licensed under the MIT License.
 """SC-CLIP model configuration."""
 
+import types
+import typing
+from collections.abc import Sequence
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -195,4 +198,49 @@ class SCCLIPConfig(CLIPVisionConfig):
             raise ValueError(f"attention_temperature must be positive, got {self.attention_temperature}.")
 
 
-__all__ = ["SCCLIPConfig", "SCCLIP_PRESETS", "scclip_preset"]
+# SC-CLIP's own hyper-parameters: what `--set name=value` of the scripts may change. The CLIP fields, the text config
+# and the projection width describe the checkpoint's weights.
+SCCLIP_SETTINGS = tuple(
+    name
+    for name in SCCLIPConfig.__dataclass_fields__
+    if name not in CLIPVisionConfig.__dataclass_fields__ and name not in ("text_config", "projection_dim")
+)
+_BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _parse_setting(name: str, text: str):
+    """The value of `--set name=text`, converted to the type `SCCLIPConfig.<name>` declares."""
+    annotation = SCCLIPConfig.__dataclass_fields__[name].type
+    if typing.get_origin(annotation) is Literal:
+        if text not in typing.get_args(annotation):
+            raise ValueError(f"--set {name}={text}: choose one of {', '.join(typing.get_args(annotation))}.")
+        return text
+    field_types = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if bool in field_types:
+        if text.lower() not in _BOOLEAN_WORDS:
+            raise ValueError(f"--set {name}={text}: expected true or false.")
+        return _BOOLEAN_WORDS[text.lower()]
+    number_type = float if float in field_types else int
+    try:
+        return number_type(text)
+    except ValueError:
+        raise ValueError(f"--set {name}={text}: expected a number ({number_type.__name__}).") from None
+
+
+def parse_scclip_settings(assignments: Sequence[str]) -> dict:
+    """
+    Parse command-line assignments `["name=value", ...]` into [`SCCLIPConfig`] overrides, each value converted to its
+    field's type (booleans as true/false, yes/no or 1/0). Unknown names raise a `ValueError` listing the valid ones.
+    """
+    overrides = {}
+    for assignment in assignments:
+        name, separator, text = (part.strip() for part in assignment.partition("="))
+        if not separator or not name:
+            raise ValueError(f"--set takes NAME=VALUE, got {assignment!r}.")
+        if name not in SCCLIP_SETTINGS:
+            raise ValueError(f"--set {name}: not an SC-CLIP setting; choose one of {', '.join(SCCLIP_SETTINGS)}.")
+        overrides[name] = _parse_setting(name, text)
+    return overrides
+
+
+__all__ = ["SCCLIPConfig", "SCCLIP_PRESETS", "SCCLIP_SETTINGS", "parse_scclip_settings", "scclip_preset"]

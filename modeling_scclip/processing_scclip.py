@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoTokenizer
+from transformers.image_processing_utils import ImageProcessingMixin
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import ModelOutput, logging
 
-from .image_processing_scclip import pixel_adaptive_mask_refinement, resize_bilinear
+from .image_processing_scclip import SCCLIPImageProcessor, pixel_adaptive_mask_refinement, resize_bilinear
 
 
 logger = logging.get_logger(__name__)
@@ -217,6 +219,22 @@ class SCCLIPProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
         # model -> {(names, templates, device, dtype): query embeddings}; weak keys let models be freed.
         self._query_embeddings_cache = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def from_clip(cls, clip_name_or_path: str, **image_processor_kwargs) -> "SCCLIPProcessor":
+        """
+        The processor for SC-CLIP built from a CLIP checkpoint (Hub id or folder): its tokenizer, and the protocol's
+        image processing with the checkpoint's normalisation constants (OpenCLIP models may use other ones than
+        OpenAI's). `image_processor_kwargs` go to [`SCCLIPImageProcessor`], e.g. `short_side=560`.
+        """
+        tokenizer = AutoTokenizer.from_pretrained(clip_name_or_path)
+        try:
+            source = ImageProcessingMixin.get_image_processor_dict(clip_name_or_path)[0]
+        except OSError:
+            logger.warning(f"{clip_name_or_path} has no image processor config; using CLIP's default normalisation.")
+            source = {}
+        normalisation = {name: source[name] for name in ("image_mean", "image_std") if name in source}
+        return cls(SCCLIPImageProcessor(**normalisation, **image_processor_kwargs), tokenizer)
 
     def __call__(self, images, **kwargs):
         """Prepare images: forwards everything to [`SCCLIPImageProcessor.preprocess`]."""

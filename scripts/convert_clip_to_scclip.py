@@ -22,18 +22,22 @@ import json
 import logging
 import shutil
 import sys
-import typing
 from pathlib import Path
 
 from check_scclip_repo import check_scclip_repository
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.constants import HF_HUB_OFFLINE
-from transformers import AutoTokenizer, CLIPModel, CLIPVisionConfig, PreTrainedTokenizerBase
-from transformers.image_processing_utils import ImageProcessingMixin
 
 import modeling_scclip
-from modeling_scclip.configuration_scclip import SCCLIP_PRESETS, SCCLIPConfig, scclip_preset
+from modeling_scclip.configuration_scclip import (
+    SCCLIP_PRESETS,
+    SCCLIP_SETTINGS,
+    SCCLIPConfig,
+    parse_scclip_settings,
+    scclip_preset,
+)
 from modeling_scclip.image_processing_scclip import SCCLIPImageProcessor
+from modeling_scclip.loading_scclip import checkpoint_model_type
 from modeling_scclip.modeling_scclip import SCCLIPForSemanticSegmentation
 from modeling_scclip.pipeline_scclip import SCCLIPZeroShotSegmentationPipeline
 from modeling_scclip.processing_scclip import SCCLIPProcessor
@@ -42,83 +46,27 @@ from modeling_scclip.processing_scclip import SCCLIPProcessor
 logger = logging.getLogger("convert_clip_to_scclip")
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
-# SC-CLIP's own hyper-parameters: the fields `--set` may change. The CLIP fields describe the checkpoint's weights.
-SETTABLE_FIELDS = tuple(
-    name
-    for name in SCCLIPConfig.__dataclass_fields__
-    if name not in CLIPVisionConfig.__dataclass_fields__ and name != "text_config"
-)
-# Normalisation constants an image processor copies from the source checkpoint (OpenCLIP models may differ).
-NORMALISATION_FIELDS = ("image_mean", "image_std")
 CARD_ARCHITECTURE_FIELDS = ("num_hidden_layers", "patch_size", "hidden_size", "image_size", "projection_dim")
 CARD_TAGS = ["scclip", "clip", "zero-shot-image-segmentation", "open-vocabulary-segmentation", "training-free"]
-BOOLEAN_STRINGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 class ConversionError(ValueError):
     """A failure the user can fix (a checkpoint that cannot be loaded, bad settings): reported without traceback."""
 
 
-def _convert_setting(name: str, text: str):
-    """Turn the string of `--set name=text` into the type `SCCLIPConfig.<name>` declares."""
-    annotation = SCCLIPConfig.__dataclass_fields__[name].type
-    if typing.get_origin(annotation) is typing.Literal:
-        if text not in typing.get_args(annotation):
-            raise ValueError(f"--set {name} must be one of {list(typing.get_args(annotation))}, got {text!r}.")
-        return text
-    types = set(typing.get_args(annotation)) or {annotation}
-    if bool in types:
-        if text.lower() not in BOOLEAN_STRINGS:
-            raise ValueError(f"--set {name} takes true or false, got {text!r}.")
-        return BOOLEAN_STRINGS[text.lower()]
-    number_type = float if float in types else int
-    try:
-        return number_type(text)
-    except ValueError:
-        raise ValueError(f"--set {name} takes a number ({number_type.__name__}), got {text!r}.") from None
-
-
-def parse_config_overrides(assignments: list[str]) -> dict:
-    """
-    Parse `["name=value", ...]` into SC-CLIP config overrides, each value converted to the type of its
-    [`SCCLIPConfig`] field (booleans as true/false). Unknown names raise a `ValueError` listing the valid ones.
-    """
-    overrides = {}
-    for assignment in assignments:
-        name, separator, text = (part.strip() for part in assignment.partition("="))
-        if not separator or not name:
-            raise ValueError(f"--set takes name=value, got {assignment!r}.")
-        if name not in SETTABLE_FIELDS:
-            raise ValueError(f"--set got unknown setting {name!r}; valid settings: {', '.join(SETTABLE_FIELDS)}.")
-        overrides[name] = _convert_setting(name, text)
-    return overrides
-
-
-def load_clip(name_or_path: str) -> tuple[CLIPModel, PreTrainedTokenizerBase, dict]:
-    """Load the source `CLIPModel`, its tokenizer, and the normalisation constants of its image processor."""
-    try:
-        clip = CLIPModel.from_pretrained(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except OSError as error:
-        offline = "set: only checkpoints already in the Hugging Face cache load" if HF_HUB_OFFLINE else "not set"
-        raise ConversionError(
-            f"Could not load the CLIP checkpoint {name_or_path!r}: {error}\nHF_HUB_OFFLINE is {offline}. If the "
-            "checkpoint is on this machine, pass its folder (config.json, model.safetensors and the tokenizer files, "
-            "as `save_pretrained` writes them), e.g. --clip path/to/clip-vit-base-patch16."
-        ) from error
-    try:
-        source_processor = ImageProcessingMixin.get_image_processor_dict(name_or_path)[0]
-    except OSError:
-        logger.warning("%s has no preprocessor_config.json; using CLIP's default normalisation.", name_or_path)
-        source_processor = {}
-    return clip, tokenizer, {name: source_processor[name] for name in NORMALISATION_FIELDS if name in source_processor}
-
-
 def build_scclip(clip_name_or_path: str, preset: str = "auto", overrides: dict | None = None):
     """Build the SC-CLIP model and its processor from a CLIP checkpoint name or folder."""
-    clip, tokenizer, normalisation = load_clip(clip_name_or_path)
-    model = SCCLIPForSemanticSegmentation.from_clip(clip, preset=preset, **(overrides or {}))
-    processor = SCCLIPProcessor(image_processor=SCCLIPImageProcessor(**normalisation), tokenizer=tokenizer)
+    try:
+        model_type = checkpoint_model_type(clip_name_or_path)
+        if model_type != "clip":
+            raise ConversionError(
+                f"{clip_name_or_path!r} holds a {model_type!r} model; --clip needs a CLIP checkpoint."
+            )
+        model = SCCLIPForSemanticSegmentation.from_clip(clip_name_or_path, preset=preset, **(overrides or {}))
+        processor = SCCLIPProcessor.from_clip(clip_name_or_path)
+    except OSError as error:
+        offline = "set: only checkpoints already in the Hugging Face cache load" if HF_HUB_OFFLINE else "not set"
+        raise ConversionError(f"{error}\nHF_HUB_OFFLINE is {offline}.") from error
     return model, processor
 
 
@@ -232,7 +180,7 @@ def render_model_card(
         repo_id=repo_id,
         preset_description=describe_preset(config.num_hidden_layers, preset),
         overrides=[f"`{name}={json.dumps(value)}`" for name, value in (overrides or {}).items()],
-        settings=[(name, json.dumps(getattr(config, name))) for name in SETTABLE_FIELDS],
+        settings=[(name, json.dumps(getattr(config, name))) for name in SCCLIP_SETTINGS],
         measured_results=evaluation_results or [],
         **{name: getattr(config, name) for name in CARD_ARCHITECTURE_FIELDS},
     )
@@ -271,7 +219,7 @@ def push_to_hub(folder: Path, repo_id: str, private: bool):
 
 def convert(args) -> None:
     """Convert `args.clip` into the SC-CLIP repository folder `args.output`, model card included."""
-    overrides = parse_config_overrides(args.set)
+    overrides = parse_scclip_settings(args.set)
     evaluation_results = read_evaluation_results(args.eval_results)
     base_model = args.base_model or (None if Path(args.clip).is_dir() else args.clip)
     logger.info("Loading the CLIP checkpoint %s", args.clip)
@@ -304,7 +252,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help=f"Change one SC-CLIP setting (repeatable). Settings: {', '.join(SETTABLE_FIELDS)}.",
+        help=f"Change one SC-CLIP setting (repeatable). Settings: {', '.join(SCCLIP_SETTINGS)}.",
     )
     parser.add_argument(
         "--base-model", help="Hub id of the source checkpoint for the model card, when --clip is a local folder."

@@ -26,20 +26,19 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, PreTrainedConfig
 
-from modeling_scclip import SCCLIPForSemanticSegmentation
-from modeling_scclip.image_processing_scclip import SCCLIPImageProcessor, to_rgb_array
+from modeling_scclip.configuration_scclip import SCCLIP_SETTINGS, parse_scclip_settings
+from modeling_scclip.image_processing_scclip import to_rgb_array
+from modeling_scclip.loading_scclip import DEFAULT_CLIP_CHECKPOINT, load_scclip_model_and_processor
 from modeling_scclip.pipeline_scclip import (
     DEFAULT_BATCH_SIZE,
     SCCLIPZeroShotSegmentationPipeline,
     check_thresholds_have_background,
     load_image_any_mode,
 )
-from modeling_scclip.processing_scclip import SCCLIPProcessor, parse_labels
+from modeling_scclip.processing_scclip import parse_labels
 
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch16"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OVERLAY_OPACITY = 0.5
 MAX_CLASSES = 256  # a palette PNG holds 256 colours
@@ -77,28 +76,6 @@ def check_images(paths: list[str]) -> list[Path]:
     if repeated:
         raise ValueError(f"Several images are named {repeated}: their outputs would overwrite each other.")
     return checked
-
-
-def load_model_and_processor(name: str) -> tuple[SCCLIPForSemanticSegmentation, SCCLIPProcessor]:
-    """An SC-CLIP checkpoint as it is, or a CLIP checkpoint (model_type "clip") converted on the fly."""
-    try:
-        model_type = PreTrainedConfig.get_config_dict(name)[0].get("model_type")
-        if model_type == "clip":
-            model, image_processor = SCCLIPForSemanticSegmentation.from_clip(name), SCCLIPImageProcessor()
-        elif model_type == "scclip":
-            model = SCCLIPForSemanticSegmentation.from_pretrained(name)
-            image_processor = SCCLIPImageProcessor.from_pretrained(name)
-        else:
-            raise ValueError(f"{name!r} is a {model_type!r} model: --model needs a CLIP or an SC-CLIP checkpoint.")
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except OSError as error:
-        raise ValueError(
-            f"Could not load the model {name!r}: {error}\n"
-            "Without internet, point --model at a local checkpoint: a CLIP folder (download it on a machine online "
-            f"with `hf download {DEFAULT_MODEL} --local-dir clip-vit-base-patch16`, then pass "
-            "--model clip-vit-base-patch16) or an SC-CLIP folder converted with scripts/convert_clip_to_scclip.py."
-        ) from error
-    return model, SCCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def label_colors(num_classes: int) -> np.ndarray:
@@ -174,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", help="Image files (any format Pillow reads; grey, RGBA and 16-bit work).")
     parser.add_argument("--labels", required=True, help='Classes: "cat,dog,grass"; synonyms: "person;man;woman,dog".')
     parser.add_argument("--background", help='Names of a background class 0, e.g. "background" or "sky;wall;floor".')
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or folder of a CLIP or SC-CLIP checkpoint.")
+    parser.add_argument(
+        "--model", default=DEFAULT_CLIP_CHECKPOINT, help="Hub id or folder of a CLIP or SC-CLIP checkpoint."
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="Output folder (created if needed).")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="Defaults to cuda when available.")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="Model weights' dtype.")
@@ -188,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--short-side", type=int, help="Resize images to this short side (default: the model's).")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="Images segmented together.")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"Change an SC-CLIP setting (repeatable): {', '.join(SCCLIP_SETTINGS)}.",
+    )
     return parser
 
 
@@ -195,9 +182,13 @@ def segment(args: argparse.Namespace) -> None:
     classes = parse_classes(args.labels, args.background)
     check_thresholds_have_background(args.background, args.prob_threshold, args.area_threshold)
     paths = check_images(args.images)
+    settings = parse_scclip_settings(args.settings)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but PyTorch sees no CUDA GPU here: use --device cpu.")
-    model, processor = load_model_and_processor(args.model)
+    try:
+        model, processor = load_scclip_model_and_processor(args.model, **settings)
+    except OSError as error:
+        raise OSError(f"{error}\nThen run again with --model path/to/that-folder.") from error
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     segmenter = SCCLIPZeroShotSegmentationPipeline(
         model=model.to(DTYPES[args.dtype]), processor=processor, device=device, batch_size=args.batch_size

@@ -25,7 +25,6 @@ from modeling_scclip.processing_scclip import SCCLIPProcessor
 from scripts.segment import main
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 LABELS_ARGUMENT = "sky,tree,grass;lawn,house"
 CLASS_NAMES = ["sky", "tree", "grass", "house"]
 SHARE_LINE = re.compile(r"^  (\S+)\s+(\d+\.\d)%$")
@@ -119,11 +118,12 @@ def test_cli_converts_a_plain_clip_folder_on_the_fly(images, tmp_path, capsys):
 
 
 def test_cli_without_network_or_cached_model_says_how_to_use_a_local_checkpoint(images, tmp_path):
-    # A program run, as the console entry point runs it, on a machine offline with an empty Hugging Face cache.
+    # The installed console entry point, run outside the repository, offline with an empty Hugging Face cache.
     offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    command = Path(sys.executable).with_name("scclip-segment")
     completed = subprocess.run(
-        [sys.executable, "-m", "scripts.segment", str(images[0]), "--labels", "cat,dog", "--out", str(tmp_path)],
-        cwd=REPO_ROOT,
+        [str(command), str(images[0]), "--labels", "cat,dog", "--out", str(tmp_path / "out")],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         env=offline,
