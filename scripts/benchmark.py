@@ -34,6 +34,7 @@ Example (from the repository root, with the package installed or the root on `PY
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import ctypes.util
 import dataclasses
@@ -100,6 +101,8 @@ TARGETS = {
     "memory_batched_over_plain": 1.25,
     "overhead_stages_percent": 10.0,
 }
+# Half-precision label maps must agree with float32's on this share of the pixels (issue 6, on GPU).
+MIN_LABEL_AGREEMENT_PERCENT = 99.5
 MIB = 2**20
 
 
@@ -328,8 +331,18 @@ def dense_features_replaced(model: SCCLIPForSemanticSegmentation, replacements: 
             del model.__dict__[name]
 
 
-def benchmark_size(model, size, args, device, dtype, rss, compiled: dict[str, Callable]) -> dict:
-    """Time, memory and stage breakdown of the three cases on `args.batch_size` random images of `size`."""
+def label_agreement_percent(model, reference, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> float:
+    """Share of pixels whose label (best query) from `model` equals the float32 `reference` model's on the same input."""
+    labels = model(pixel_values, text_embeds=text_embeds).logits.argmax(dim=1)
+    reference_labels = reference(pixel_values.float(), text_embeds=text_embeds.float()).logits.argmax(dim=1)
+    return 100 * (labels == reference_labels).float().mean().item()
+
+
+def benchmark_size(model, size, args, device, dtype, rss, compiled: dict[str, Callable], reference=None) -> dict:
+    """
+    Time, memory and stage breakdown of the three cases on `args.batch_size` random images of `size`; with a float32
+    `reference` model (when `model` runs in half precision), the share of pixels whose labels agree with it.
+    """
     generator = torch.Generator().manual_seed(args.seed)
     pixel_values = torch.randn(args.batch_size, 3, *size, generator=generator).to(device=device, dtype=dtype)
     text_embeds = torch.randn(args.num_queries, model.config.projection_dim, generator=generator)
@@ -341,13 +354,19 @@ def benchmark_size(model, size, args, device, dtype, rss, compiled: dict[str, Ca
     # Eager, also under --compile: compiled code drops the profiler's stage labels.
     stages = profile_stages(cases["scclip_batched"], device, args.profile_runs)
     ratios = result_ratios(summaries)
+    met = targets_met(ratios, stages)
+    agreement = None
+    if reference is not None:
+        agreement = label_agreement_percent(model, reference, pixel_values, text_embeds.to(device=device, dtype=dtype))
+        met["label_agreement_with_float32"] = agreement >= MIN_LABEL_AGREEMENT_PERCENT
     return {
         "height": size[0],
         "width": size[1],
         "cases": summaries,
         "ratios": ratios,
         "stages": stages,
-        "targets_met": targets_met(ratios, stages),
+        "label_agreement_with_float32_percent": agreement,
+        "targets_met": met,
     }
 
 
@@ -359,6 +378,8 @@ def benchmark_model(name: str, args, device, dtype, rss) -> dict:
     labels = [f"class {index}" for index in range(args.num_queries)]
     # Counted in float32 before any cast or compilation: the check is about caching, not speed.
     text_tower_runs = count_text_tower_runs(model, processor, labels, torch.randn(1, 3, crop, crop), rounds=3)
+    # Half-precision labels are checked against the same weights in float32.
+    reference = copy.deepcopy(model).to(device) if dtype != torch.float32 else None
     model.to(device=device, dtype=dtype)
     # Both cases compile their per-window features alike; the slide loop and canvas stay eager in both.
     feature_methods = ("get_dense_image_features", "get_plain_clip_dense_features")
@@ -366,7 +387,7 @@ def benchmark_model(name: str, args, device, dtype, rss) -> dict:
     sizes = {}
     with torch.inference_mode():
         for size in tqdm(args.sizes, desc=name, leave=False):
-            sizes[f"{size[0]}x{size[1]}"] = benchmark_size(model, size, args, device, dtype, rss, compiled)
+            sizes[f"{size[0]}x{size[1]}"] = benchmark_size(model, size, args, device, dtype, rss, compiled, reference)
     return {"model": name, "config": model.config.to_diff_dict(), "text_tower_runs": text_tower_runs, "sizes": sizes}
 
 
@@ -431,11 +452,16 @@ def stage_rows(model: str, size: str, stages: dict) -> list[str]:
 def markdown_report(report: dict) -> str:
     """The benchmark as markdown: a summary table of the three cases, a stage table of (b), the text-tower check."""
     env = report["environment"]
-    summary, stages, text_tower = [], [], []
+    summary, stages, text_tower, agreement = [], [], [], []
     for result in report["results"]:
         for size, entry in result["sizes"].items():
             summary.append(summary_row(result["model"], size, entry))
             stages.extend(stage_rows(result["model"], size, entry["stages"]))
+            if entry["label_agreement_with_float32_percent"] is not None:
+                agreement.append(
+                    f"- {result['model']} {size}: {entry['label_agreement_with_float32_percent']:.3f}% of the pixels "
+                    f"get the same label in {env['dtype']} as in float32"
+                )
         runs = ", ".join(map(str, result["text_tower_runs"]))
         text_tower.append(f"- {result['model']}: text-tower runs per segmentation with the same labels: {runs}")
     return "\n".join(
@@ -464,6 +490,7 @@ def markdown_report(report: dict) -> str:
             "",
             *text_tower,
             "",
+            *(["## Half precision against float32", "", *agreement, ""] if agreement else []),
         ]
     )
 

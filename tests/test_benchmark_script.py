@@ -172,3 +172,33 @@ def test_sizes_are_parsed_and_bad_ones_explained():
     assert benchmark.parse_size("336x448") == (336, 448)
     with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
         benchmark.parse_size("336by448")
+
+
+def test_half_precision_run_reports_label_agreement_with_float32(tmp_path, tiny_model):
+    argv = "--models tiny --sizes 64x96 --dtype bfloat16 --repeats 1 --warmup 0 --profile-runs 1".split()
+    report = benchmark.main([*argv, "--output", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")])
+    entry = report["results"][0]["sizes"]["64x96"]
+    agreement = entry["label_agreement_with_float32_percent"]
+    assert entry["targets_met"]["label_agreement_with_float32"] == (agreement >= 99.5)
+    assert (
+        f"tiny 64x96: {agreement:.3f}% of the pixels get the same label in bfloat16" in (tmp_path / "r.md").read_text()
+    )
+    # The same measure by hand: the bfloat16 model's labels against float32's, on the benchmark's own inputs.
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(1, 3, 64, 96, generator=generator)
+    text_embeds = torch.randn(21, tiny_model.config.projection_dim, generator=generator)
+    low = benchmark.random_scclip_model(benchmark.MODEL_SHAPES["tiny"], benchmark.character_tokenizer(), seed=0)
+    low.to(torch.bfloat16)
+    with torch.inference_mode():
+        labels = low(pixel_values.bfloat16(), text_embeds=text_embeds.bfloat16()).logits.argmax(1)
+        reference = tiny_model(pixel_values, text_embeds=text_embeds).logits.argmax(1)
+    assert agreement == pytest.approx(100 * (labels == reference).float().mean().item())
+    assert 50 < agreement <= 100
+
+
+def test_float32_runs_report_no_agreement(run):
+    report, markdown = run
+    assert all(
+        entry["label_agreement_with_float32_percent"] is None for entry in report["results"][0]["sizes"].values()
+    )
+    assert "Half precision" not in markdown
