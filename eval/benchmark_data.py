@@ -95,6 +95,13 @@ def _undecoded_images(dataset: datasets.Dataset) -> datasets.Dataset:
     return dataset
 
 
+def _missing_data_error(what: str, layout: DatasetLayout) -> ValueError:
+    return ValueError(
+        f"{what}. Get the dataset: {layout.download}. Then pass --data-dir pointing at the folder that holds "
+        f"{layout.root}/ in MMSegmentation's layout (see the README), or at {layout.root}/ itself."
+    )
+
+
 def find_layout_root(data_dir: str | Path, layout: DatasetLayout) -> Path:
     """The dataset root under `data_dir`: `data_dir` itself or `data_dir/<layout.root>`, whichever holds the images."""
     data_dir = Path(data_dir)
@@ -103,10 +110,7 @@ def find_layout_root(data_dir: str | Path, layout: DatasetLayout) -> Path:
         if (candidate / layout.images).is_dir():
             return candidate
     tried = " or ".join(str(candidate / layout.images) for candidate in candidates)
-    raise ValueError(
-        f"No image folder found at {tried}: pass --data-dir pointing at a folder that holds {layout.root}/ in "
-        "MMSegmentation's layout (see the README), or at that dataset root itself."
-    )
+    raise _missing_data_error(f"No image folder found at {tried}", layout)
 
 
 def list_record_ids(root: Path, layout: DatasetLayout) -> list[str]:
@@ -114,7 +118,9 @@ def list_record_ids(root: Path, layout: DatasetLayout) -> list[str]:
     if layout.split_file is not None:
         split_file = root / layout.split_file
         if not split_file.is_file():
-            raise ValueError(f"The split file {split_file} is missing; it lists the images of the split.")
+            raise _missing_data_error(
+                f"The split file {split_file}, which lists the images of the split, is missing", layout
+            )
         return [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
     image_dir = root / layout.images
     paths = sorted(image_dir.rglob(f"*{layout.image_suffix}"))
@@ -124,10 +130,12 @@ def list_record_ids(root: Path, layout: DatasetLayout) -> list[str]:
 def _mask_files(root: Path, layout: DatasetLayout, label_conversion: str) -> tuple[str, str]:
     """The mask suffix and conversion to use: the protocol's label files, or the raw ones when only those exist."""
     mask_dir = root / layout.masks
+    if next(mask_dir.rglob(f"*{layout.mask_suffix}"), None) is not None:
+        return layout.mask_suffix, label_conversion
     raw = layout.raw_masks
-    if raw is not None and next(mask_dir.rglob(f"*{layout.mask_suffix}"), None) is None:
+    if raw is not None and next(mask_dir.rglob(f"*{raw.mask_suffix}"), None) is not None:
         return raw.mask_suffix, raw.label_conversion
-    return layout.mask_suffix, label_conversion
+    raise _missing_data_error(f"No label files *{layout.mask_suffix} found under {mask_dir}", layout)
 
 
 def local_benchmark_data(benchmark: Benchmark, data_dir: str | Path) -> BenchmarkData:
@@ -136,7 +144,7 @@ def local_benchmark_data(benchmark: Benchmark, data_dir: str | Path) -> Benchmar
     root = find_layout_root(data_dir, layout)
     record_ids = list_record_ids(root, layout)
     if not record_ids:
-        raise ValueError(f"No images of the split found under {root / layout.images} (suffix {layout.image_suffix}).")
+        raise _missing_data_error(f"No images *{layout.image_suffix} found under {root / layout.images}", layout)
     mask_suffix, label_conversion = _mask_files(root, layout, benchmark.label_conversion)
     dataset = datasets.Dataset.from_dict(
         {
@@ -148,6 +156,19 @@ def local_benchmark_data(benchmark: Benchmark, data_dir: str | Path) -> Benchmar
     return BenchmarkData(_undecoded_images(dataset), label_conversion, source=str(root))
 
 
+def _load_split(dataset_id: str, split: str) -> datasets.Dataset:
+    """One split of a Hub dataset, a local dataset folder, or a folder written by `save_to_disk`."""
+    folder = Path(dataset_id)
+    if not ((folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()):
+        return datasets.load_dataset(dataset_id, split=split)
+    saved = datasets.load_from_disk(dataset_id)
+    if isinstance(saved, datasets.Dataset):
+        return saved  # a saved `Dataset` is one split
+    if split not in saved:
+        raise ValueError(f"The dataset saved at {dataset_id} has no split {split!r}: choose one of {list(saved)}.")
+    return saved[split]
+
+
 def hub_benchmark_data(
     benchmark: Benchmark,
     dataset_id: str,
@@ -157,11 +178,12 @@ def hub_benchmark_data(
     label_conversion: str | None = None,
 ) -> BenchmarkData:
     """
-    A benchmark's split from a Hub dataset (or one in the local `datasets` cache) whose image and label columns are
-    images or file paths. `label_conversion` defaults to the benchmark's, which expects the protocol's label files.
+    A benchmark's split from a Hub dataset (or one in the local `datasets` cache), a local dataset folder, or a folder
+    written by `save_to_disk` (a `Dataset`, taken whatever `split`, or a `DatasetDict`), whose image and label columns
+    are images or file paths. `label_conversion` defaults to the benchmark's, which expects the protocol's label files.
     """
     try:
-        dataset = datasets.load_dataset(dataset_id, split=split)
+        dataset = _load_split(dataset_id, split)
     except ConnectionError as error:
         raise ConnectionError(
             f"Could not load the dataset {dataset_id!r} (split {split!r}): the Hub cannot be reached and it is not in "

@@ -36,14 +36,14 @@ from benchmark_data import (
     local_benchmark_data,
 )
 from datasets.distributed import split_dataset_by_node
-from registry import PAPER_BACKBONES, Benchmark, load_registry, load_registry_templates, read_templates
+from registry import PAPER_BACKBONES, Benchmark, load_registry, read_templates
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modeling_scclip import SCCLIPForSemanticSegmentation
 from modeling_scclip.configuration_scclip import SCCLIP_SETTINGS, parse_scclip_settings
 from modeling_scclip.loading_scclip import load_scclip_model_and_processor
-from modeling_scclip.processing_scclip import SCCLIPProcessor
+from modeling_scclip.processing_scclip import IMAGENET_TEMPLATES, SCCLIPProcessor
 
 
 logger = get_logger(__name__)
@@ -156,11 +156,12 @@ def evaluate_benchmark(
     model: SCCLIPForSemanticSegmentation,
     processor: SCCLIPProcessor,
     accelerator: Accelerator,
+    templates: list[str],
     args: argparse.Namespace,
 ) -> dict:
     """Score one benchmark on this process's shard of the split; returns the metrics over all processes."""
     short_side = args.short_side or benchmark.short_side
-    templates = read_templates(args.templates) if args.templates else load_registry_templates()
+    # Once per benchmark, before the loop: every batch reuses these query embeddings.
     text_embeds, query_to_class = encode_queries(processor, model, benchmark, templates)
     with accelerator.main_process_first():
         metric = evaluate.load(str(METRIC_PATH))
@@ -274,15 +275,18 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         model, processor = load_scclip_model_and_processor(args.model, **overrides)
         model.to(accelerator.device)
+        templates = read_templates(args.templates) if args.templates else list(IMAGENET_TEMPLATES)
         results = {}
         for key in keys:
             data = load_benchmark_data(registry[key], args)
-            results[key] = evaluate_benchmark(registry[key], data, model, processor, accelerator, args)
+            results[key] = evaluate_benchmark(registry[key], data, model, processor, accelerator, templates, args)
             logger.info(f"{key}: mIoU {results[key]['mIoU']} on {results[key]['num_images']} images")
         miou = [result["mIoU"] for result in results.values()]
         summary = {
             "model": args.model,
             "config_overrides": overrides,
+            # Every SC-CLIP setting the run used, so that an ablation row says what it changed.
+            "model_settings": {name: getattr(model.config, name) for name in SCCLIP_SETTINGS},
             "num_processes": accelerator.num_processes,
             "benchmarks": results,
             "mean_miou": _average(miou) if len(results) == len(registry) else None,

@@ -1,7 +1,8 @@
 # Copyright 2026 The SC-CLIP for Hugging Face authors. Licensed under the MIT License.
 """
 The eight benchmarks of the paper's Table 1 and their evaluation protocol, read from `benchmarks/benchmarks.json`
-(settings, MMSegmentation folder layouts, the paper's mIoU) and the vocabulary and template files beside it.
+(settings, MMSegmentation folder layouts, the paper's mIoU) and the vocabulary files beside it. The prompt templates
+are the package's `IMAGENET_TEMPLATES`.
 """
 
 import json
@@ -25,13 +26,14 @@ class RawMasks:
 
 @dataclass(frozen=True)
 class DatasetLayout:
-    """Where a benchmark's split lies in MMSegmentation's folder layout, relative to `root`."""
+    """Where a benchmark's split lies in MMSegmentation's folder layout, relative to `root`, and how to get it."""
 
     root: str
     images: str
     image_suffix: str
     masks: str
     mask_suffix: str
+    download: str
     split_file: str | None = None
     raw_masks: RawMasks | None = None
 
@@ -117,17 +119,3 @@ def load_registry(path: str | Path = REGISTRY_FILE) -> dict[str, Benchmark]:
     path = Path(path)
     data = json.loads(path.read_text(encoding="utf-8"))
     return {key: _benchmark_from_entry(key, entry, path.parent) for key, entry in data["benchmarks"].items()}
-
-
-def load_registry_templates(path: str | Path = REGISTRY_FILE) -> list[str]:
-    """The prompt templates a registry file names."""
-    path = Path(path)
-    return read_templates(path.parent / json.loads(path.read_text(encoding="utf-8"))["templates"])
-
-
-def get_benchmark(key: str, path: str | Path = REGISTRY_FILE) -> Benchmark:
-    """One benchmark of the registry by key; a `ValueError` lists the keys when it is unknown."""
-    registry = load_registry(path)
-    if key not in registry:
-        raise ValueError(f"Unknown benchmark {key!r}: choose one of {', '.join(registry)}.")
-    return registry[key]

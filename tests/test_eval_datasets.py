@@ -20,7 +20,7 @@ from benchmark_data import (  # noqa: E402
     hub_benchmark_data,
     local_benchmark_data,
 )
-from registry import load_registry, load_registry_templates  # noqa: E402
+from registry import load_registry  # noqa: E402
 
 
 REGISTRY = load_registry()
@@ -82,36 +82,44 @@ def make_context(data_dir: Path) -> dict:
     )
 
 
+def make_listed_split(root: Path, layout: dict, names: list[str]) -> dict:
+    """A split without a split file: images/<name><image suffix> beside masks/<name><mask suffix>; {record: mask}."""
+    masks = {}
+    for index, name in enumerate(names):
+        masks[name] = random_mask(index, layout["num_values"])
+        image_path = root / layout["images"] / f"{name}{layout['image_suffix']}"
+        save_pair(image_path, root / layout["masks"] / f"{name}{layout['mask_suffix']}", masks[name], index)
+    return dict(sorted(masks.items()))
+
+
 def make_ade20k(data_dir: Path) -> dict:
     """ADEChallengeData2016/{images,annotations}/validation, no split file: every image, sorted."""
     root = data_dir / "ADEChallengeData2016"
-    masks = {}
-    for index, name in enumerate(["ADE_val_00000002", "ADE_val_00000001"]):
-        masks[name] = random_mask(index, 151)
-        save_pair(
-            root / "images/validation" / f"{name}.jpg",
-            root / "annotations/validation" / f"{name}.png",
-            masks[name],
-            index,
-        )
+    layout = dict(num_values=151, images="images/validation", image_suffix=".jpg")
+    layout.update(masks="annotations/validation", mask_suffix=".png")
+    masks = make_listed_split(root, layout, ["ADE_val_00000002", "ADE_val_00000001"])
     (root / "images/validation" / "notes.txt").write_text("not an image")
-    return dict(sorted(masks.items()))
+    return masks
 
 
 def make_cityscapes(data_dir: Path) -> dict:
     """cityscapes/{leftImg8bit,gtFine}/val/<city>/..., with the other gtFine files beside the labelTrainIds."""
     root = data_dir / "cityscapes"
-    masks = {}
-    for index, name in enumerate(["frankfurt/frankfurt_000000_000294", "lindau/lindau_000001_000019"]):
-        masks[name] = random_mask(index, 19)
-        save_pair(
-            root / "leftImg8bit/val" / f"{name}_leftImg8bit.png",
-            root / "gtFine/val" / f"{name}_gtFine_labelTrainIds.png",
-            masks[name],
-            index,
-        )
+    layout = dict(num_values=19, images="leftImg8bit/val", image_suffix="_leftImg8bit.png")
+    layout.update(masks="gtFine/val", mask_suffix="_gtFine_labelTrainIds.png")
+    names = ["lindau/lindau_000001_000019", "frankfurt/frankfurt_000000_000294"]
+    masks = make_listed_split(root, layout, names)
+    for name in names:
         Image.fromarray(np.full((6, 8), 7, dtype=np.uint8)).save(root / "gtFine/val" / f"{name}_gtFine_labelIds.png")
     return masks
+
+
+# Raw COCO-Stuff ids (0-indexed COCO categories, 11 of the first 91 unused) and their ids in MMSegmentation's
+# converter: person, bicycle, stop sign (after unused 11), ..., toothbrush, banner (first stuff), wood (last).
+COCO_RAW_IDS = np.array([[0, 1, 12, 26, 30, 66, 69, 71, 83, 89, 91, 181, 255]])
+COCO_STUFF_TRAIN_IDS = np.array([[0, 1, 11, 24, 26, 60, 61, 62, 73, 79, 80, 170, 255]])
+# COCO-Object (the authors' converter): things keep their order from 1, stuff and unlabeled become background 0.
+COCO_OBJECT_IDS = np.array([[1, 2, 12, 25, 27, 61, 62, 63, 74, 80, 0, 0, 0]])
 
 
 def make_coco_stuff(data_dir: Path, raw_only: bool = False) -> dict:
@@ -122,7 +130,7 @@ def make_coco_stuff(data_dir: Path, raw_only: bool = False) -> dict:
     root = data_dir / "coco_stuff164k"
     masks = {}
     for index, name in enumerate(["000000000139", "000000000285"]):
-        masks[name] = np.array([[0, 1, 12, 89, 91, 181, 255, 26], [30, 66, 69, 71, 83, 0, 12, 91]])
+        masks[name] = np.roll(COCO_RAW_IDS, index, axis=1)
         save_pair(
             root / "images/val2017" / f"{name}.jpg", root / "annotations/val2017" / f"{name}.png", masks[name], index
         )
@@ -137,38 +145,72 @@ def decoded(data, skip_bad=False):
     return [decode_record(example, data.label_conversion, skip_bad) for example in data.dataset]
 
 
+# The protocol of the shared benchmarks README, row by row: images, classes, label handling, short side, logit
+# scale, probability and area thresholds, the paper's mIoU (ViT-B/16, ViT-L/14).
+PROTOCOL_TABLE = {
+    "voc21": (1449, 21, "none", 336, 50, 0.15, 0.1, 64.6, 65.0),
+    "context60": (5105, 60, "none", 336, 40, 0.15, None, 36.8, 36.9),
+    "coco_object": (5000, 81, "none", 336, 55, 0.35, None, 37.7, 40.5),
+    "voc20": (1449, 20, "reduce_zero_label", 336, 40, 0.0, None, 84.3, 88.3),
+    "cityscapes": (500, 19, "none", 560, 40, 0.0, None, 41.0, 41.3),
+    "context59": (5105, 59, "reduce_zero_label", 336, 40, 0.0, None, 40.1, 40.6),
+    "ade20k": (2000, 150, "reduce_zero_label", 336, 40, 0.0, None, 20.1, 21.7),
+    "coco_stuff": (5000, 171, "none", 336, 40, 0.0, None, 26.6, 26.9),
+}
+# The shared vocabulary files: the number of names (queries) of each, and which classes have several.
+NUM_QUERIES = {
+    "voc21": 56,
+    "context60": 60,
+    "coco_object": 113,
+    "voc20": 30,
+    "cityscapes": 19,
+    "context59": 59,
+    "ade20k": 150,
+    "coco_stuff": 171,
+}
+
+
 def test_registry_holds_the_protocol():
-    assert list(REGISTRY) == [
-        "voc21",
-        "context60",
-        "coco_object",
-        "voc20",
-        "cityscapes",
-        "context59",
-        "ade20k",
-        "coco_stuff",
-    ]
-    assert [benchmark.num_classes for benchmark in REGISTRY.values()] == [21, 60, 81, 20, 19, 59, 150, 171]
-    voc21 = REGISTRY["voc21"]
-    assert voc21.class_names[:3] == ["background", "aeroplane", "bicycle"]
-    assert voc21.labels[0][:3] == ["sky", "wall", "tree"] and len(voc21.labels[15]) == 7
-    assert (voc21.logit_scale, voc21.prob_threshold, voc21.area_threshold) == (50, 0.15, 0.1)
-    assert REGISTRY["cityscapes"].short_side == 560 and REGISTRY["coco_object"].logit_scale == 55
-    assert [key for key, benchmark in REGISTRY.items() if benchmark.has_background] == [
-        "voc21",
-        "context60",
-        "coco_object",
-    ]
-    assert [key for key, b in REGISTRY.items() if b.label_conversion == "reduce_zero_label"] == [
-        "voc20",
-        "context59",
-        "ade20k",
-    ]
-    assert {benchmark.ignore_index for benchmark in REGISTRY.values()} == {255}
+    assert list(REGISTRY) == list(PROTOCOL_TABLE), "the order of the paper's Table 1"
+    for key, benchmark in REGISTRY.items():
+        values = (
+            benchmark.num_images,
+            benchmark.num_classes,
+            benchmark.label_conversion,
+            benchmark.short_side,
+            benchmark.logit_scale,
+            benchmark.prob_threshold,
+            benchmark.area_threshold,
+            benchmark.paper_miou["vit-b16"],
+            benchmark.paper_miou["vit-l14"],
+        )
+        assert values == PROTOCOL_TABLE[key], key
+        assert benchmark.ignore_index == 255
+        assert benchmark.has_background == (key in ("voc21", "context60", "coco_object")), key
+        assert sum(len(names) for names in benchmark.labels) == NUM_QUERIES[key], key
+        assert benchmark.class_names[0] == ("background" if benchmark.has_background else benchmark.labels[0][0])
     for backbone, average in (("vit-b16", 43.9), ("vit-l14", 45.2)):
         assert round(np.mean([benchmark.paper_miou[backbone] for benchmark in REGISTRY.values()]), 1) == average
-    templates = load_registry_templates()
-    assert len(templates) == 80 and all("{}" in template for template in templates)
+
+    # Synonyms: each name of a line is one query; voc21's background is queried with 26 stuff names.
+    voc21 = REGISTRY["voc21"]
+    assert voc21.class_names[:3] == ["background", "aeroplane", "bicycle"]
+    assert voc21.labels[0][:3] == ["sky", "wall", "tree"] and len(voc21.labels[0]) == 26
+    assert voc21.labels[15] == ["person", "person in shirt", "person in jeans", "person in dress"] + [
+        "person in sweater",
+        "person in skirt",
+        "person in jacket",
+    ]
+    assert REGISTRY["coco_object"].labels[0] == voc21.labels[0]
+    assert REGISTRY["context60"].labels[1:] == REGISTRY["context59"].labels
+    assert REGISTRY["voc20"].labels == voc21.labels[1:]
+    # Layouts: VOC 2012 serves voc21 and voc20, VOC 2010 the two Contexts, COCO-Stuff 164k both COCO benchmarks.
+    roots = {key: benchmark.layout.root for key, benchmark in REGISTRY.items()}
+    assert roots["voc21"] == roots["voc20"] == "VOCdevkit/VOC2012"
+    assert roots["context60"] == roots["context59"] == "VOCdevkit/VOC2010"
+    assert roots["coco_object"] == roots["coco_stuff"] == "coco_stuff164k"
+    assert REGISTRY["coco_object"].layout.mask_suffix == "_instanceTrainIds.png"
+    assert REGISTRY["cityscapes"].layout.mask_suffix == "_gtFine_labelTrainIds.png"
 
 
 def test_label_conversions():
@@ -176,14 +218,11 @@ def test_label_conversions():
     np.testing.assert_array_equal(convert_labels(values, "reduce_zero_label"), reduce_zero_label(values))
     np.testing.assert_array_equal(convert_labels(values, "none"), values)
 
-    # Raw COCO-Stuff ids (0-indexed COCO categories, 11 of the first 91 unused) and their ids in MMSegmentation's
-    # converter: person, bicycle, stop sign (after unused 11), ..., toothbrush, banner (first stuff), wood (last).
-    raw = np.array([[0, 1, 12, 26, 30, 66, 69, 71, 83, 89, 91, 181, 255]])
-    train_ids = np.array([[0, 1, 11, 24, 26, 60, 61, 62, 73, 79, 80, 170, 255]])
-    np.testing.assert_array_equal(convert_labels(raw, "coco_stuff_to_train_ids"), train_ids)
-    # COCO-Object: things keep their order from 1, stuff and unlabeled become background 0.
-    object_ids = np.where(train_ids < 80, train_ids + 1, 0)
-    np.testing.assert_array_equal(convert_labels(raw, "coco_stuff_to_object"), object_ids)
+    np.testing.assert_array_equal(convert_labels(COCO_RAW_IDS, "coco_stuff_to_train_ids"), COCO_STUFF_TRAIN_IDS)
+    np.testing.assert_array_equal(convert_labels(COCO_RAW_IDS, "coco_stuff_to_object"), COCO_OBJECT_IDS)
+    # Every used raw id gets its own train id, in order: 80 things and 91 stuff classes, 171 in all.
+    all_ids = convert_labels(np.arange(182), "coco_stuff_to_train_ids")
+    assert sorted(set(all_ids.tolist()) - {255}) == list(range(171)) and (np.diff(all_ids[all_ids != 255]) == 1).all()
     stuff_names, object_names = REGISTRY["coco_stuff"].class_names, REGISTRY["coco_object"].class_names
     assert [stuff_names[i] for i in (0, 11, 79, 80, 170)] == ["person", "stopsign", "toothbrush", "banner", "wood"]
     assert [object_names[i] for i in (1, 12, 80)] == ["person", "stop sign", "toothbrush"]
@@ -226,20 +265,37 @@ def test_coco_layouts_with_converted_and_raw_masks(tmp_path):
         data = local_benchmark_data(REGISTRY[key], tmp_path)
         assert data.label_conversion == "none"
         for index, record in enumerate(decoded(data)):
-            np.testing.assert_array_equal(record.label, np.full((2, 8), value + index))
+            np.testing.assert_array_equal(record.label, np.full(COCO_RAW_IDS.shape, value + index))
 
     # With only the raw COCO-Stuff masks, both benchmarks convert them on the fly.
     make_coco_stuff(tmp_path / "raw", raw_only=True)
-    for key, conversion in (("coco_stuff", "coco_stuff_to_train_ids"), ("coco_object", "coco_stuff_to_object")):
+    for key, conversion, expected in (
+        ("coco_stuff", "coco_stuff_to_train_ids", COCO_STUFF_TRAIN_IDS),
+        ("coco_object", "coco_stuff_to_object", COCO_OBJECT_IDS),
+    ):
         data = local_benchmark_data(REGISTRY[key], tmp_path / "raw")
         assert data.label_conversion == conversion
-        for record, mask in zip(decoded(data), raw_masks.values()):
-            np.testing.assert_array_equal(record.label, convert_labels(mask, conversion))
+        for index, record in enumerate(decoded(data)):
+            assert record.label.dtype == np.uint8 and record.label.shape == raw_masks[record.record].shape
+            np.testing.assert_array_equal(record.label, np.roll(expected, index, axis=1))
 
 
-def test_missing_dataset_folder_is_explained(tmp_path):
-    with pytest.raises(ValueError, match="ADEChallengeData2016"):
+def test_missing_dataset_folders_are_explained(tmp_path):
+    # The error names the folder it looked for and where to get the dataset.
+    ade_images = tmp_path / "ADEChallengeData2016" / "images" / "validation"
+    with pytest.raises(ValueError, match=f"{ade_images}.*Get the dataset: ADEChallengeData2016.zip from http"):
         local_benchmark_data(REGISTRY["ade20k"], tmp_path)
+
+    make_cityscapes(tmp_path)
+    for path in (tmp_path / "cityscapes/gtFine/val").rglob("*_labelTrainIds.png"):
+        path.unlink()  # only the labelIds are left: they still need converting
+    with pytest.raises(ValueError, match=r"\*_gtFine_labelTrainIds.png .*gtFine.val.*createTrainIdLabelImgs"):
+        local_benchmark_data(REGISTRY["cityscapes"], tmp_path)
+
+    make_context(tmp_path)
+    (tmp_path / "VOCdevkit/VOC2010/ImageSets/SegmentationContext/val.txt").unlink()
+    with pytest.raises(ValueError, match="SegmentationContext.val.txt.*is missing.*pascal_context.py"):
+        local_benchmark_data(REGISTRY["context59"], tmp_path)
 
 
 def test_broken_records_are_named_or_skipped(tmp_path):
@@ -299,6 +355,17 @@ def test_hub_dataset_columns_and_offline_error(tmp_path, monkeypatch):
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'org/ade20k' on the Hub (OfflineModeIsEnabled)")
+
+    # A dataset written by `save_to_disk`: a `Dataset` (one split) or a `DatasetDict` (split chosen by --split).
+    renamed = table.rename_columns({"picture": "image", "segmentation": "label"})
+    renamed.save_to_disk(tmp_path / "saved")
+    datasets.DatasetDict(validation=renamed.select([2]), test=renamed).save_to_disk(tmp_path / "saved_dict")
+    saved = hub_benchmark_data(REGISTRY["ade20k"], str(tmp_path / "saved"), "validation")
+    np.testing.assert_array_equal([record.label for record in decoded(saved)], [reduce_zero_label(m) for m in masks])
+    saved = hub_benchmark_data(REGISTRY["ade20k"], str(tmp_path / "saved_dict"), "validation")
+    np.testing.assert_array_equal(decoded(saved)[0].label, reduce_zero_label(masks[2]))
+    with pytest.raises(ValueError, match=r"no split 'val'.*\['validation', 'test'\]"):
+        hub_benchmark_data(REGISTRY["ade20k"], str(tmp_path / "saved_dict"), "val")
 
     monkeypatch.setattr(benchmark_data.datasets, "load_dataset", unreachable)
     with pytest.raises(ConnectionError, match="offline.*--data-dir"):

@@ -17,6 +17,20 @@ def metric():
     return evaluate.load(METRIC_PATH)
 
 
+def scores_from_areas(intersection, area_prediction, area_reference) -> dict:
+    """The outputs of the Hub metric and IoUMetric from per-class areas summed over the split; NaN-means."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = intersection / (area_prediction + area_reference - intersection)
+        accuracy = intersection / area_reference
+    return {
+        "mean_iou": np.nanmean(iou),
+        "mean_accuracy": np.nanmean(accuracy),
+        "overall_accuracy": intersection.sum() / area_reference.sum(),
+        "per_category_iou": iou,
+        "per_category_accuracy": accuracy,
+    }
+
+
 def hub_mean_iou(predictions, references, num_labels, ignore_index, label_map=None, reduce_labels=False):
     """The Hub `mean_iou` metric's formulas, image by image with `np.histogram`, as an independent reference."""
     totals = np.zeros((3, num_labels))
@@ -33,21 +47,14 @@ def hub_mean_iou(predictions, references, num_labels, ignore_index, label_map=No
         intersection = prediction[prediction == reference]
         for row, values in enumerate((intersection, prediction, reference)):
             totals[row] += np.histogram(values, bins=num_labels, range=(0, num_labels - 1))[0]
-    intersection, area_prediction, area_reference = totals
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = intersection / (area_prediction + area_reference - intersection)
-        accuracy = intersection / area_reference
-    return {
-        "mean_iou": np.nanmean(iou),
-        "mean_accuracy": np.nanmean(accuracy),
-        "overall_accuracy": intersection.sum() / area_reference.sum(),
-        "per_category_iou": iou,
-        "per_category_accuracy": accuracy,
-    }
+    return scores_from_areas(*totals)
 
 
 def mmseg_mean_iou(predictions, references, num_labels, ignore_index):
-    """MMSegmentation IoUMetric's formulas (`torch.histc` over the kept pixels), as a second reference."""
+    """
+    MMSegmentation IoUMetric's formulas (`torch.histc` over the kept pixels, then `total_area_to_metrics`: aAcc, IoU
+    and Acc per class, NaN-means), unrounded, as a second reference.
+    """
     totals = torch.zeros(3, num_labels, dtype=torch.float64)
     for prediction, reference in zip(predictions, references):
         prediction, reference = torch.as_tensor(prediction), torch.as_tensor(reference)
@@ -56,10 +63,7 @@ def mmseg_mean_iou(predictions, references, num_labels, ignore_index):
         intersection = prediction[prediction == reference]
         for row, values in enumerate((intersection, prediction, reference)):
             totals[row] += torch.histc(values, bins=num_labels, min=0, max=num_labels - 1)
-    intersection, area_prediction, area_reference = totals.numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = intersection / (area_prediction + area_reference - intersection)
-    return np.nanmean(iou), intersection.sum() / area_reference.sum()
+    return scores_from_areas(*totals.numpy())
 
 
 def assert_same_results(results, expected):
@@ -124,13 +128,13 @@ def test_reduce_labels_and_label_map(metric):
 
 def test_matches_hub_and_mmsegmentation_formulas(metric):
     predictions, references = random_maps(seed=0, count=7, num_labels=9)
-    # A predicted id beyond num_labels and a reference id beyond it (not the ignore index) are no class.
-    predictions[0][0, 0], references[1][0, 0] = 12, 10
-    results = metric.compute(predictions=predictions, references=references, num_labels=9, ignore_index=255)
-    assert_same_results(results, hub_mean_iou(predictions, references, 9, 255))
-    mmseg_miou, mmseg_overall_accuracy = mmseg_mean_iou(predictions, references, 9, 255)
-    assert results["mean_iou"] == pytest.approx(mmseg_miou, rel=1e-12)
-    assert results["overall_accuracy"] == pytest.approx(mmseg_overall_accuracy, rel=1e-12)
+    # A predicted id beyond num_labels and a reference id beyond it (not the ignore index) are no class; class 9 is
+    # neither predicted nor referenced (NaN, left out of the means), class 10 only predicted.
+    predictions[0][0, 0], references[1][0, 0], predictions[2][1, 1] = 12, 11, 10
+    results = metric.compute(predictions=predictions, references=references, num_labels=11, ignore_index=255)
+    assert np.isnan(results["per_category_iou"][9]) and results["per_category_iou"][10] == 0
+    assert_same_results(results, hub_mean_iou(predictions, references, 11, 255))
+    assert_same_results(results, mmseg_mean_iou(predictions, references, 11, 255))
 
 
 def test_streaming_equals_one_shot_and_keeps_only_a_histogram(metric):
