@@ -8,7 +8,7 @@ Convert a Hugging Face CLIP checkpoint into a self-contained SC-CLIP repository,
         --set slide_stride=224 --push-to-hub my-name/scclip-vit-large-patch14 --dry-run
 
 The folder holds the weights (safetensors), the config with its `auto_map` and `custom_pipelines`, the processor
-(tokenizer and image processing), the `modeling_scclip` code files and a filled model card, so that
+(tokenizer and image processing), the `modeling_scclip` code files those entries need and a filled model card, so that
 
     AutoModel.from_pretrained(folder, trust_remote_code=True)
     AutoProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -20,15 +20,14 @@ work without this project installed. `--output` alone, without `--clip`, checks 
 import argparse
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
 from check_scclip_repo import check_scclip_repository
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.constants import HF_HUB_OFFLINE
+from huggingface_hub.errors import EntryNotFoundError
 
-import modeling_scclip
 from modeling_scclip.configuration_scclip import (
     SCCLIP_PRESETS,
     SCCLIP_SETTINGS,
@@ -77,10 +76,12 @@ def _auto_map_reference(cls: type) -> str:
 
 def save_scclip_repository(model, processor, output_dir: Path):
     """
-    Write the model, the processor, the custom pipeline and every `modeling_scclip` code file to `output_dir`.
+    Write the model, the processor, the custom pipeline and their code files to `output_dir`.
 
     The pipeline is saved the way transformers records a registered custom pipeline: `Pipeline.save_pretrained` writes
     its task into `config.custom_pipelines`, so `pipeline(task, model=folder, trust_remote_code=True)` finds the class.
+    The classes are registered for their auto classes, so each `save_pretrained` also copies the module defining the
+    class and every module it imports relatively: exactly the code files the Hub loads (not, e.g., loading_scclip.py).
     """
     # The package registers its classes for the auto classes, and the pipeline for its task, when imported.
     # AutoProcessor falls back on the model config's auto_map when no processor file names the class.
@@ -95,10 +96,6 @@ def save_scclip_repository(model, processor, output_dir: Path):
     # transformers 5 reads the image processor from processor_config.json; tools that look for the classic
     # preprocessor_config.json find it too.
     processor.image_processor.save_pretrained(output_dir)
-    # The modules import one another relatively, so the Hub copy needs all of them; __init__ is the package's own.
-    for code_file in sorted(Path(modeling_scclip.__file__).parent.glob("*.py")):
-        if code_file.name != "__init__.py":
-            shutil.copyfile(code_file, output_dir / code_file.name)
 
 
 def _settings_summary(summary: dict, result: dict) -> str:
@@ -140,6 +137,25 @@ def read_evaluation_results(paths: list[str]) -> list[dict]:
     return rows
 
 
+def base_model_datasets(clip_name_or_path: str) -> list[str]:
+    """
+    The Hub dataset ids in the `datasets` metadata of the source checkpoint's model card: the data its CLIP weights
+    were trained on, which SC-CLIP keeps as they are (it trains on nothing). Empty when there is no readable card or it
+    lists none, as OpenAI's CLIP cards (their training set is not on the Hub).
+    """
+    source = clip_name_or_path
+    if Path(clip_name_or_path).is_dir():
+        source = Path(clip_name_or_path) / "README.md"
+        if not source.is_file():
+            return []
+    try:
+        datasets = ModelCard.load(source).data.datasets or []
+    except (OSError, EntryNotFoundError, ValueError) as error:  # offline, no card, or a card with broken metadata
+        logger.warning("No datasets metadata taken from the model card of %s: %s", clip_name_or_path, error)
+        return []
+    return [datasets] if isinstance(datasets, str) else list(datasets)
+
+
 def describe_preset(num_hidden_layers: int, preset: str) -> str:
     """Say which layer values `preset` gave a vision tower of `num_hidden_layers` layers."""
     if preset != "auto":
@@ -160,11 +176,13 @@ def render_model_card(
     overrides: dict | None = None,
     evaluation_results: list[dict] | None = None,
     license: str = "mit",
+    datasets: list[str] | None = None,
 ) -> ModelCard:
     """
     Fill `model_card.md` for a converted checkpoint: its base model (`base_model` is its Hub id, for the metadata and
     the link; `base_model_name` names it in the text), the usage code for `repo_id`, its SC-CLIP settings, and measured
-    numbers only when `evaluation_results` (rows of [`read_evaluation_results`]) are given.
+    numbers only when `evaluation_results` (rows of [`read_evaluation_results`]) are given. `datasets` are Hub dataset
+    ids for the metadata: the data the CLIP weights were trained on ([`base_model_datasets`]), left out when empty.
     """
     card_data = ModelCardData(
         license=license,
@@ -172,6 +190,7 @@ def render_model_card(
         pipeline_tag="image-segmentation",
         tags=CARD_TAGS,
         base_model=base_model,
+        datasets=datasets or None,
     )
     return ModelCard.from_template(
         card_data,
@@ -196,6 +215,7 @@ def list_upload(folder: Path) -> list[tuple[str, int]]:
 
 
 def print_upload_listing(folder: Path, repo_id: str | None):
+    """Print what `push_to_hub` would upload from `folder`: one line per file with its size, after a summary line."""
     files = list_upload(folder)
     total = sum(size for _, size in files)
     print(f"Dry run: would upload {len(files)} files ({total:,} bytes) to {repo_id or 'the Hub'}:")
@@ -219,13 +239,19 @@ def push_to_hub(folder: Path, repo_id: str, private: bool):
 
 def convert(args) -> None:
     """Convert `args.clip` into the SC-CLIP repository folder `args.output`, model card included."""
+    if args.output.is_dir() and any(args.output.iterdir()):
+        raise ConversionError(
+            f"{args.output} is not empty: give a new or empty --output folder, so that no stale file is uploaded."
+        )
     overrides = parse_scclip_settings(args.set)
     evaluation_results = read_evaluation_results(args.eval_results)
     base_model = args.base_model or (None if Path(args.clip).is_dir() else args.clip)
     logger.info("Loading the CLIP checkpoint %s", args.clip)
     model, processor = build_scclip(args.clip, args.preset, overrides)
     logger.info(
-        "Writing SC-CLIP (%s) to %s", describe_preset(model.config.num_hidden_layers, args.preset), args.output
+        "Writing SC-CLIP, layer preset %s, to %s",
+        describe_preset(model.config.num_hidden_layers, args.preset),
+        args.output,
     )
     save_scclip_repository(model, processor, args.output)
     card = render_model_card(
@@ -237,6 +263,7 @@ def convert(args) -> None:
         overrides=overrides,
         evaluation_results=evaluation_results,
         license=args.license,
+        datasets=list(dict.fromkeys(base_model_datasets(args.clip) + args.dataset)),
     )
     card.save(args.output / "README.md")
     logger.info("Wrote the model card %s", args.output / "README.md")
@@ -265,6 +292,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="JSON outputs of eval/evaluate_benchmark.py to report in the model card as measured numbers.",
     )
     parser.add_argument("--license", default="mit", help="License of the model card (that of the base weights).")
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="HUB_ID",
+        help="Hub id of a dataset the CLIP weights were trained on, for the card's `datasets` metadata (repeatable); "
+        "added to those the source checkpoint's card lists.",
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Upload the folder to this Hub model repository.")
     parser.add_argument("--private", action="store_true", help="Create the Hub repository as private.")
     parser.add_argument("--dry-run", action="store_true", help="List the files that would be uploaded; upload none.")

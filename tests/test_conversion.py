@@ -3,6 +3,8 @@ Tests of `scripts/convert_clip_to_scclip.py`, of the completeness check `scripts
 card: a tiny random CLIP converted offline, then loaded back by transformers alone.
 """
 
+import functools
+import http.server
 import json
 import os
 import re
@@ -10,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +21,11 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
-from tiny_models import TINY_SCCLIP, save_tiny_clip
-from transformers import CLIPModel, CLIPTokenizer
+from tiny_models import PROJECTION_DIM, TINY_SCCLIP, TINY_VISION, save_tiny_clip, tiny_clip_config, tiny_tokenizer
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
 from modeling_scclip import SCCLIPConfig, SCCLIPForSemanticSegmentation
-from modeling_scclip.configuration_scclip import SCCLIP_SETTINGS
+from modeling_scclip.configuration_scclip import SCCLIP_PRESETS, SCCLIP_SETTINGS
 from modeling_scclip.image_processing_scclip import SCCLIPImageProcessor
 from modeling_scclip.pipeline_scclip import SCCLIPZeroShotSegmentationPipeline
 from modeling_scclip.processing_scclip import SCCLIPProcessor
@@ -40,12 +43,21 @@ SETTINGS = [f"{name}={value}" for name, value in TINY_SCCLIP.items()] + ["use_mu
 OVERRIDES = {**TINY_SCCLIP, "use_multi_level_fusion": False}
 LABELS = ["cat", "dog; puppy", "grass"]
 SHORT_SIDE = 48
-CODE_FILES = sorted(path.name for path in (REPO_ROOT / "modeling_scclip").glob("*.py") if path.name != "__init__.py")
+# The modules the auto_map and custom_pipelines entries name, and what they import relatively: not loading_scclip.py,
+# which only this project's scripts use.
+CODE_FILES = [
+    "configuration_scclip.py",
+    "image_processing_scclip.py",
+    "modeling_scclip.py",
+    "pipeline_scclip.py",
+    "processing_scclip.py",
+]
 EXPECTED_FILES = sorted(
     CODE_FILES
     + ["README.md", "config.json", "model.safetensors", "preprocessor_config.json", "processor_config.json"]
     + ["tokenizer.json", "tokenizer_config.json"]
 )
+EXAMPLE_IMAGE_URL = "http://images.cocodataset.org/val2017/000000039769.jpg"
 
 # Loads the converted folder with transformers alone: every path holding the project, and any editable-install
 # finder, is dropped first, so only the folder's own code files (trust_remote_code) can define SC-CLIP.
@@ -166,16 +178,22 @@ def test_converted_folder_loads_with_transformers_alone(converted, reference, im
     assert torch.equal(loaded["label_map"], label_map)
 
 
-def test_every_clip_weight_is_carried_over_exactly(converted, clip_folder):
-    clip_state = CLIPModel.from_pretrained(clip_folder).state_dict()
+def assert_clip_weights_carried_over(converted: Path, clip_folder: Path):
+    """Every tensor of the saved CLIP is in the converted weights, unchanged; nothing else is."""
+    clip_state = load_file(clip_folder / "model.safetensors")
     # SC-CLIP keeps the vision tower at the top level; its logits are cosine similarities, so no logit_scale.
     expected = {name.removeprefix("vision_model."): tensor for name, tensor in clip_state.items()}
     del expected["logit_scale"]
     saved = load_file(converted / "model.safetensors")
     assert sorted(saved) == sorted(expected)
     for name, tensor in expected.items():
-        assert torch.equal(saved[name], tensor), name
+        assert saved[name].dtype == tensor.dtype and torch.equal(saved[name], tensor), name
     assert any(name.startswith("text_model.") for name in saved) and "text_projection.weight" in saved
+    assert "visual_projection.weight" in saved
+
+
+def test_every_clip_weight_is_carried_over_exactly(converted, clip_folder):
+    assert_clip_weights_carried_over(converted, clip_folder)
 
 
 def test_config_carries_auto_map_and_custom_pipeline(converted):
@@ -294,6 +312,10 @@ def test_model_card_names_the_base_model_and_settings_and_measures_nothing(conve
     assert card.data.base_model == BASE_MODEL
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-segmentation"
     assert card.data.license == "mit" and "scclip" in card.data.tags
+    # The tiny CLIP's folder has no card listing training data: no `datasets` metadata is made up.
+    assert card.data.datasets is None and "datasets:" not in card.content.split("\n---")[0]
+    for benchmark in ("PASCAL VOC 2012", "PASCAL Context", "COCO-Object", "COCO-Stuff", "Cityscapes", "ADE20K"):
+        assert benchmark in card.text
     assert f"# SC-CLIP (Self-Calibrated CLIP) on {BASE_MODEL}" in card.text
     config = SCCLIPConfig.from_pretrained(converted)
     for name in SCCLIP_SETTINGS:
@@ -351,3 +373,149 @@ def test_unreachable_checkpoint_offline_gives_a_clear_message(tmp_path):
     assert "Could not load the model 'someone/not-in-the-cache'" in completed.stderr
     assert "HF_HUB_OFFLINE is set" in completed.stderr and "pass a local folder instead" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def save_clip_family(folder: Path, vision: dict, image_mean=None, image_std=None, card_datasets=None) -> Path:
+    """A tiny random CLIP checkpoint with a family's patch size, image size and depth, saved as on the Hub."""
+    text_config = tiny_clip_config().text_config.to_dict()
+    config = CLIPConfig(
+        text_config=text_config, vision_config={**TINY_VISION, **vision}, projection_dim=PROJECTION_DIM
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    side = vision["image_size"]
+    normalisation = {"image_mean": image_mean, "image_std": image_std} if image_mean else {}
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size=side, **normalisation)
+    image_processor.save_pretrained(folder)
+    if card_datasets:
+        (folder / "README.md").write_text(f"---\nlicense: mit\ndatasets: {json.dumps(card_datasets)}\n---\n# CLIP\n")
+    return folder
+
+
+# The shapes of the CLIP families the script converts, at a tiny width: patch size, pretraining image size and depth
+# decide the SC-CLIP preset and the sliding windows.
+CLIP_FAMILIES = {
+    "openai-vit-b32": dict(vision=dict(patch_size=32, image_size=224, num_hidden_layers=12), preset="vit-b16"),
+    "openai-vit-b16": dict(vision=dict(patch_size=16, image_size=224, num_hidden_layers=12), preset="vit-b16"),
+    "openai-vit-l14": dict(vision=dict(patch_size=14, image_size=224, num_hidden_layers=24), preset="vit-l14"),
+    # Pretrained on 336 pixels: its position embeddings are interpolated for the 224-pixel windows.
+    "openai-vit-l14-336": dict(vision=dict(patch_size=14, image_size=336, num_hidden_layers=24), preset="vit-l14"),
+    # OpenCLIP checkpoints may normalise with their own mean and std, and list their training data in their card.
+    "laion-vit-b32": dict(
+        vision=dict(patch_size=32, image_size=224, num_hidden_layers=12),
+        preset="vit-b16",
+        source=dict(
+            image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3], card_datasets=["someone/image-text-pairs"]
+        ),
+    ),
+    # 32 layers: no preset of the paper; the ViT-B/16 layers scaled by 32/12 (9 -> 24, 4 -> 10.7 -> 11, 10 -> 26.7 -> 27).
+    "openclip-vit-h14": dict(
+        vision=dict(patch_size=14, image_size=224, num_hidden_layers=32),
+        preset={
+            "pre_adjust_layer": 24,
+            "post_adjust_layer": 11,
+            "fusion_start_layer": 11,
+            "fusion_end_layer": 27,
+            "cls_residual_weight": 0.3,
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("family", list(CLIP_FAMILIES))
+def test_conversion_of_each_clip_family(family, tmp_path, caplog):
+    spec = CLIP_FAMILIES[family]
+    source = spec.get("source", {})
+    clip_folder = save_clip_family(tmp_path / "clip", spec["vision"], **source)
+    output = tmp_path / "converted"
+    caplog.set_level("INFO", logger="convert_clip_to_scclip")
+    argv = ["--clip", str(clip_folder), "--output", str(output), "--dataset", "someone/extra-pairs"]
+    assert convert_clip_to_scclip.main(argv) == 0
+    # Progress is logged while loading and writing.
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(message.startswith(f"Loading the CLIP checkpoint {clip_folder}") for message in messages)
+    assert any(message.startswith("Writing SC-CLIP") for message in messages)
+
+    config = json.loads((output / "config.json").read_text())
+    preset = spec["preset"]
+    expected_preset = SCCLIP_PRESETS[preset] if isinstance(preset, str) else preset
+    assert {name: config[name] for name in expected_preset} == expected_preset
+    for name, value in spec["vision"].items():
+        assert config[name] == value
+    # The defaults fit every family: a 224-pixel window has at least 7 x 7 = 49 > 30 patches (B/32).
+    assert (config["slide_crop_size"], config["lof_n_neighbors"]) == (224, 30)
+    assert_clip_weights_carried_over(output, clip_folder)
+    assert check_scclip_repo.find_repository_problems(output) == []
+
+    card = ModelCard.load(output / "README.md")
+    assert card.data.datasets == source.get("card_datasets", []) + ["someone/extra-pairs"]
+    if isinstance(preset, str):
+        assert f"(the `{preset}` values, chosen from the {config['num_hidden_layers']}-layer depth)" in card.text
+    else:
+        assert "the `vit-b16` layer indices scaled to 32 layers, a heuristic of this port" in card.text
+
+    processor = SCCLIPProcessor.from_pretrained(output)
+    if "image_mean" in source:
+        assert processor.image_processor.image_mean == source["image_mean"]
+        assert processor.image_processor.image_std == source["image_std"]
+    # The folder loads and segments exactly as SC-CLIP built in memory from the source CLIP does.
+    loaded = SCCLIPForSemanticSegmentation.from_pretrained(output).eval()
+    in_memory = SCCLIPForSemanticSegmentation.from_clip(str(clip_folder))
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(1, 3, 224, 224, generator=generator)
+    text_embeds = torch.randn(3, PROJECTION_DIM, generator=generator)
+    with torch.no_grad():
+        logits = loaded(pixel_values=pixel_values, text_embeds=text_embeds).logits
+        expected = in_memory(pixel_values=pixel_values, text_embeds=text_embeds).logits
+    assert logits.shape == (1, 3, 224, 224) and torch.isfinite(logits).all()
+    assert torch.equal(logits, expected)
+
+
+def test_conversion_refuses_a_folder_that_is_not_empty(converted, clip_folder, capsys):
+    assert convert_clip_to_scclip.main(["--clip", str(clip_folder), "--output", str(converted)]) == 2
+    assert "is not empty: give a new or empty --output folder" in capsys.readouterr().err
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def example_image_url(tmp_path, monkeypatch):
+    """
+    The card's example image URL, served over HTTP from this machine with a random 40 x 40 image as its content (square:
+    the processor's 336-pixel short side then makes only 10 x 10 windows of the tiny model's 64 pixels).
+    """
+    served = tmp_path / "served"
+    served.mkdir()
+    pixels = np.random.default_rng(1).integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(served / EXAMPLE_IMAGE_URL.rsplit("/", 1)[1], format="PNG")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=served))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    yield f"http://127.0.0.1:{server.server_port}/{EXAMPLE_IMAGE_URL.rsplit('/', 1)[1]}"
+    server.shutdown()
+    thread.join()
+
+
+def test_model_card_usage_code_runs_on_the_converted_folder(converted, example_image_url):
+    # The card's two snippets as written, but for the repository id (the folder) and the host of the example image.
+    snippets = re.findall(r"```python\n(.*?)```", (converted / "README.md").read_text(), flags=re.DOTALL)
+    assert len(snippets) == 2
+    namespaces = []
+    for snippet in snippets:
+        assert '"scclip-tiny"' in snippet and EXAMPLE_IMAGE_URL in snippet
+        namespace = {}
+        local = snippet.replace('"scclip-tiny"', repr(str(converted))).replace(EXAMPLE_IMAGE_URL, example_image_url)
+        exec(local, namespace)
+        namespaces.append(namespace)
+
+    pipeline_run, model_run = namespaces
+    assert {segment["label"] for segment in pipeline_run["results"]} <= {"cat", "remote control", "sofa"}
+    assert all(segment["mask"].size == (40, 40) for segment in pipeline_run["results"])
+    assert model_run["label_map"].shape == (40, 40)
+    assert set(model_run["label_map"].unique().tolist()) <= {0, 1, 2}
+    assert model_run["labels"].class_names == ["cat", "remote control", "sofa"]
