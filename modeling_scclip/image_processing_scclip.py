@@ -90,6 +90,8 @@ def _to_channels_last(array: np.ndarray, input_data_format: ChannelDimension | s
 
 def _to_uint8_or_unit_float(array: np.ndarray) -> np.ndarray:
     """8-bit arrays as they are, 16-bit ones scaled to 8 bits, float ones (which must lie in [0, 1]) as float32."""
+    if not array.dtype.isnative:  # e.g. Pillow's big-endian "I;16B"
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.uint16:

@@ -3,14 +3,15 @@
 
 import collections.abc
 import os
+from io import BytesIO
 from typing import Any
+from urllib.request import urlopen
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader
 from transformers import AutoModel, Pipeline
-from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import no_collate_fn
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
@@ -22,16 +23,36 @@ ZERO_SHOT_IMAGE_SEGMENTATION = "zero-shot-image-segmentation"
 DEFAULT_BATCH_SIZE = 4
 
 
+def download_image(url: str, timeout: float | None = None) -> bytes:
+    """The bytes at an http(s) URL, or a `ValueError` saying why they could not be fetched."""
+    try:
+        with urlopen(url, timeout=timeout) as response:
+            return response.read()
+    except OSError as error:  # HTTP errors, unreachable hosts and timeouts are all OSErrors
+        raise ValueError(f"Could not download the image {url}: {error}") from error
+
+
 def load_image_any_mode(image, timeout: float | None = None) -> Image.Image:
     """
-    `transformers.image_utils.load_image`, but local files and PIL images keep their mode: `load_image` converts to RGB
-    with PIL, which saturates 16-bit images, while the SC-CLIP image processor rescales every mode to 8-bit RGB itself.
+    A PIL image, local path or http(s) URL as a PIL image in its own mode, turned upright by its EXIF orientation.
+    Unlike `transformers.image_utils.load_image`, it does not convert to RGB with Pillow, which saturates 16-bit
+    images: the SC-CLIP image processor converts every mode itself. Raises a `ValueError` for anything else, a missing
+    file, a failed download or data that is not an image.
     """
-    if isinstance(image, str) and os.path.isfile(image):
-        image = Image.open(image)
-    elif not isinstance(image, Image.Image):
-        return load_image(image, timeout=timeout)
-    return ImageOps.exif_transpose(image)
+    if isinstance(image, Image.Image):
+        return ImageOps.exif_transpose(image)
+    if not isinstance(image, str):
+        raise ValueError(f"An image must be a PIL image, a file path or an http(s) URL, got {type(image).__name__}.")
+    if image.startswith(("http://", "https://")):
+        source = BytesIO(download_image(image, timeout))
+    elif os.path.isfile(image):
+        source = image
+    else:
+        raise ValueError(f"Image not found: {image!r} is neither an existing file nor an http(s) URL.")
+    try:
+        return ImageOps.exif_transpose(Image.open(source))
+    except UnidentifiedImageError as error:
+        raise ValueError(f"Not a readable image: {image} (empty, or not in an image format Pillow reads).") from error
 
 
 def collate_images_of_any_size(items: list[dict]) -> dict:

@@ -87,10 +87,10 @@ def make_example_image(seed: int = 0) -> Image.Image:
     return image
 
 
-def main():
+def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Where to write the PNG.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     make_example_image().save(args.out, optimize=True)
     print(f"Wrote {args.out} ({args.out.stat().st_size // 1024} KB).")

@@ -144,6 +144,14 @@ def write_outputs(path: Path, out_dir: Path, result: dict) -> str:
     return "\n".join([f"{path}:", *(f"  {line}" for line in lines)])
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scclip-segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -165,8 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--area-threshold", type=float, help="Drop classes covering at most this share of the non-background area."
     )
-    parser.add_argument("--short-side", type=int, help="Resize images to this short side (default: the model's).")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="Images segmented together.")
+    parser.add_argument(
+        "--short-side", type=positive_int, help="Resize images to this short side (default: the model's)."
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="Images segmented together."
+    )
     parser.add_argument(
         "--set",
         dest="settings",

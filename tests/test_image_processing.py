@@ -201,10 +201,11 @@ def test_transparency_is_composited_onto_white(rng, same_size_processor):
 def test_sixteen_bit_images_are_scaled_not_clipped(rng, same_size_processor):
     values = rng.integers(0, 65536, (9, 12), dtype=np.uint16)
     expected = np.repeat(np.round(values / 257)[..., None], 3, axis=-1)
-    for image in (Image.fromarray(values), Image.fromarray(values.astype(np.int32), "I"), values):
+    big_endian = Image.frombytes("I;16B", values.shape[::-1], values.astype(">u2").tobytes())
+    for image in (Image.fromarray(values), big_endian, Image.fromarray(values.astype(np.int32), "I"), values):
         result = to_uint8_rgb(same_size_processor(image).pixel_values[0])
-        np.testing.assert_array_equal(result, expected)
-    assert Image.fromarray(values).mode == "I;16"
+        np.testing.assert_array_equal(result, expected, err_msg=getattr(image, "mode", "array"))
+    assert Image.fromarray(values).mode == "I;16" and big_endian.mode == "I;16B"
 
 
 def test_float_and_tensor_inputs_match_uint8(rng, same_size_processor):
@@ -232,6 +233,8 @@ def test_batches_of_mixed_sizes_give_a_list(rng):
     assert same_size.pixel_values.shape == (2, 3, 32, 48)
     batch = random_uint8(rng, (3, 40, 60, 3))
     torch.testing.assert_close(processor(batch).pixel_values, processor(list(batch)).pixel_values)
+    tensor_batch = torch.from_numpy(batch).permute(0, 3, 1, 2)  # (B, C, H, W)
+    torch.testing.assert_close(processor(tensor_batch).pixel_values, processor(batch).pixel_values)
 
 
 def test_bad_images_raise_clear_errors(same_size_processor):

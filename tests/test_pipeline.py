@@ -1,6 +1,9 @@
 """The zero-shot segmentation pipeline, end to end on a tiny SC-CLIP checkpoint loaded with trust_remote_code."""
 
+import functools
 import json
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -227,7 +230,8 @@ def test_a_loaded_model_builds_the_pipeline_by_task_name(reference):
         (scene_image(), {"candidate_labels": ["cat", "dog"], "prob_threshold": 0.5}, "background"),
         (scene_image(), {"candidate_labels": ["cat", "dog"], "area_threshold": 0.1}, "background"),
         (Image.new("RGB", (0, 10)), {"candidate_labels": ["cat"]}, "empty"),
-        ("no/such/image.png", {"candidate_labels": ["cat"]}, "Incorrect image source"),
+        ("no/such/image.png", {"candidate_labels": ["cat"]}, "Image not found: 'no/such/image.png'"),
+        (np.zeros((8, 8, 3), np.uint8), {"candidate_labels": ["cat"]}, "PIL image, a file path or an http"),
     ],
 )
 def test_bad_input_raises_a_clear_value_error(segmenter, image, kwargs, message):
@@ -235,11 +239,56 @@ def test_bad_input_raises_a_clear_value_error(segmenter, image, kwargs, message)
         segmenter(image, **kwargs)
 
 
-def test_a_non_image_file_is_refused(segmenter, tmp_path):
+@pytest.mark.parametrize("content", [b"not an image", b""], ids=["text", "zero-byte"])
+def test_a_file_that_is_not_an_image_is_refused(segmenter, tmp_path, content):
     path = tmp_path / "notes.png"
-    path.write_text("not an image")
-    with pytest.raises(OSError, match="cannot identify image file"):
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="Not a readable image: .*notes.png"):
         segmenter(str(path), candidate_labels=["cat"])
+
+
+@pytest.fixture
+def image_server(tmp_path):
+    """An HTTP server on 127.0.0.1, in a thread, serving `tmp_path`: yields its base URL and the folder."""
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path
+        server.shutdown()
+        thread.join()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_images_from_urls_equal_the_local_files(segmenter, image_server):
+    base_url, folder = image_server
+    scene_image().save(folder / "scene.png")
+    grey = np.array(scene_image(80, 64).convert("L"))
+    Image.fromarray(grey.astype(np.uint16) * 257).save(folder / "grey16.png")  # kept at 16 bits, not saturated
+    paths = [str(folder / "scene.png"), str(folder / "grey16.png")]
+    urls = [f"{base_url}/scene.png", f"{base_url}/grey16.png"]
+
+    from_urls = segmenter(urls, candidate_labels=LABELS, return_label_map=True, timeout=10)
+    from_files = segmenter(paths, candidate_labels=LABELS, return_label_map=True)
+
+    for url_result, file_result in zip(from_urls, from_files):
+        torch.testing.assert_close(url_result["label_map"], file_result["label_map"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        segmenter.preprocess(urls[1])["pixel_values"], segmenter.preprocess(Image.fromarray(grey))["pixel_values"]
+    )
+
+
+def test_bad_urls_raise_clear_value_errors(segmenter, image_server):
+    base_url, folder = image_server
+    (folder / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="Could not download the image .*/missing.png.*404"):
+        segmenter(f"{base_url}/missing.png", candidate_labels=["cat"])
+    with pytest.raises(ValueError, match="Not a readable image: .*/notes.txt"):
+        segmenter(f"{base_url}/notes.txt", candidate_labels=["cat"])
 
 
 def test_segments_from_label_map_on_hand_made_maps():

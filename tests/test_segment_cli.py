@@ -17,14 +17,17 @@ from test_pipeline import (
     scene_image,
     tiny_scclip_and_processor,
 )
-from tiny_models import save_tiny_clip, tiny_tokenizer
+from tiny_models import save_tiny_clip, tiny_clip_model, tiny_tokenizer
 
 from modeling_scclip import SCCLIPForSemanticSegmentation
 from modeling_scclip.image_processing_scclip import SCCLIPImageProcessor
+from modeling_scclip.loading_scclip import load_scclip_model_and_processor
 from modeling_scclip.processing_scclip import SCCLIPProcessor
+from scripts import make_example_image, segment
 from scripts.segment import main
 
 
+EXAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "examples" / "house_tree_sky.png"
 LABELS_ARGUMENT = "sky,tree,grass;lawn,house"
 CLASS_NAMES = ["sky", "tree", "grass", "house"]
 SHARE_LINE = re.compile(r"^  (\S+)\s+(\d+\.\d)%$")
@@ -73,7 +76,9 @@ def test_cli_writes_overlays_label_maps_and_shares(checkpoint, images, tmp_path,
     exit_code = run_cli([*images, "--labels", LABELS_ARGUMENT, "--model", checkpoint, "--out", out, "--device", "cpu"])
 
     assert exit_code == 0
-    reports = printed_shares(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    assert re.search(rf"{len(images)}/{len(images)} \[.*image", printed.err)  # the progress bar's last state
+    reports = printed_shares(printed.out)
     assert set(reports) == {str(path) for path in images}
     model, processor = tiny_scclip_and_processor()  # the checkpoint's weights and processor
     for path in images:
@@ -117,6 +122,74 @@ def test_cli_converts_a_plain_clip_folder_on_the_fly(images, tmp_path, capsys):
     assert list(printed_shares(capsys.readouterr().out)[str(images[0])]) == ["background", *CLASS_NAMES]
 
 
+def test_cli_passes_sc_clip_settings_to_the_model(checkpoint, images, tmp_path, monkeypatch):
+    loaded = []
+
+    def load_and_record(*args, **kwargs):
+        loaded.append(load_scclip_model_and_processor(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(segment, "load_scclip_model_and_processor", load_and_record)
+    settings = ["--set", "use_attention_enhancement=false", "--set", "similarity_threshold=0.3"]
+    exit_code = run_cli([images[0], "--labels", LABELS_ARGUMENT, "--model", checkpoint, "--out", tmp_path, *settings])
+
+    assert exit_code == 0
+    config = loaded[0][0].config
+    assert (config.use_attention_enhancement, config.similarity_threshold) == (False, 0.3)
+    _, processor = tiny_scclip_and_processor()
+    model = SCCLIPForSemanticSegmentation.from_clip(
+        tiny_clip_model(0), use_attention_enhancement=False, similarity_threshold=0.3
+    )
+    expected_map, _, _ = direct_segmentation(model, processor, scene_image(), LABELS_ARGUMENT.split(","))
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "rgb_labels.png")), expected_map.numpy())
+
+
+def test_cli_pamr_refines_like_the_processor(checkpoint, images, tmp_path):
+    exit_code = run_cli([images[0], "--labels", LABELS_ARGUMENT, "--model", checkpoint, "--out", tmp_path, "--pamr"])
+
+    assert exit_code == 0
+    model, processor = tiny_scclip_and_processor()
+    pamr_images = processor(images=scene_image())["pixel_values"]
+    expected_map, _, _ = direct_segmentation(
+        model, processor, scene_image(), LABELS_ARGUMENT.split(","), pamr_images=pamr_images
+    )
+    np.testing.assert_array_equal(np.array(Image.open(tmp_path / "rgb_labels.png")), expected_map.numpy())
+
+
+def test_cli_runs_the_model_in_bfloat16(checkpoint, images, tmp_path):
+    outputs = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        assert (
+            run_cli([images[0], "--labels", LABELS_ARGUMENT, "--model", checkpoint, "--out", out, "--dtype", dtype])
+            == 0
+        )
+        outputs[dtype] = np.array(Image.open(out / "rgb_labels.png"))
+    assert outputs["bfloat16"].shape == (72, 96)
+    assert (outputs["bfloat16"] == outputs["float32"]).mean() > 0.9  # bfloat16 rounding moves only a few pixels
+
+
+def test_example_image_is_made_by_its_script(tmp_path):
+    out = tmp_path / "house_tree_sky.png"
+    make_example_image.main(["--out", str(out)])
+    committed = Image.open(EXAMPLE_IMAGE)
+    assert committed.mode == "RGB" and committed.size == (480, 360)
+    np.testing.assert_array_equal(np.array(Image.open(out)), np.array(committed))
+
+
+def test_newcomer_command_segments_the_bundled_example(checkpoint, tmp_path, capsys):
+    out = tmp_path / "outputs"
+    exit_code = run_cli([EXAMPLE_IMAGE, "--labels", "sky,tree,grass,house,road", "--model", checkpoint, "--out", out])
+
+    assert exit_code == 0
+    printed = capsys.readouterr()
+    assert "1/1" not in printed.err  # no progress bar for a single image
+    assert list(printed_shares(printed.out)[str(EXAMPLE_IMAGE)]) == ["sky", "tree", "grass", "house", "road"]
+    overlay = Image.open(out / "house_tree_sky_overlay.png")
+    assert overlay.mode == "RGB" and overlay.width > 480 and overlay.height >= 360
+    assert Image.open(out / "house_tree_sky_labels.png").size == (480, 360)
+
+
 def test_cli_without_network_or_cached_model_says_how_to_use_a_local_checkpoint(images, tmp_path):
     # The installed console entry point, run outside the repository, offline with an empty Hugging Face cache.
     offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
@@ -145,6 +218,9 @@ def test_cli_without_network_or_cached_model_says_how_to_use_a_local_checkpoint(
         (["--labels", "cat,dog", "--background", "dog"], "given twice"),
         (["--labels", "cat,dog", "--prob-threshold", "0.5"], "background"),
         (["--labels", "cat,dog", "--area-threshold", "0.1"], "background"),
+        (["--labels", "cat,dog", "--set", "no_such_setting=1"], "not an SC-CLIP setting"),
+        (["--labels", "cat,dog", "--set", "use_attention_enhancement"], "NAME=VALUE"),
+        (["--labels", "cat,dog", "--batch-size", "0"], "must be a positive integer"),
     ],
 )
 def test_cli_bad_labels_exit_with_code_2(checkpoint, images, tmp_path, capsys, arguments, message):
