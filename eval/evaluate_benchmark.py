@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from modeling_scclip import SCCLIPForSemanticSegmentation
 from modeling_scclip.configuration_scclip import SCCLIP_SETTINGS, parse_scclip_settings
-from modeling_scclip.loading_scclip import load_scclip_model_and_processor
+from modeling_scclip.loading_scclip import add_scclip_settings_argument, load_scclip_model_and_processor
 from modeling_scclip.processing_scclip import IMAGENET_TEMPLATES, SCCLIPProcessor
 
 
@@ -75,14 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--templates", help="Prompt templates file, one a line with {} for the name (default: ImageNet's 80)."
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help=f"Change an SC-CLIP setting, e.g. use_attention_enhancement=false; one of {', '.join(SCCLIP_SETTINGS)}.",
-    )
+    add_scclip_settings_argument(parser)
     parser.add_argument("--skip-bad", action="store_true", help="Skip (and count) unreadable or mismatched records.")
     parser.add_argument("--output", help="Write the results as JSON to this file.")
     args = parser.parse_args(argv)
@@ -268,7 +261,7 @@ def make_accelerator() -> Accelerator:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    overrides = parse_scclip_settings(args.overrides)
+    overrides = parse_scclip_settings(args.settings)
     registry = load_registry()
     keys = list(registry) if args.benchmark == "all" else [args.benchmark]
     accelerator = make_accelerator()

@@ -1,11 +1,12 @@
 # Copyright 2026 The SC-CLIP for Hugging Face authors. Licensed under the MIT License.
 """Load SC-CLIP and its processor from an SC-CLIP checkpoint, or from a CLIP checkpoint converted on the fly."""
 
+import argparse
 import os
 
 from transformers import PreTrainedConfig
 
-from .configuration_scclip import SCCLIPConfig, scclip_preset
+from .configuration_scclip import SCCLIP_SETTINGS, SCCLIPConfig, scclip_preset
 from .modeling_scclip import SCCLIPForSemanticSegmentation
 from .processing_scclip import SCCLIPProcessor
 
@@ -64,4 +65,17 @@ def load_scclip_model_and_processor(
     return model.eval(), processor
 
 
-__all__ = ["checkpoint_model_type", "load_scclip_model_and_processor"]
+def add_scclip_settings_argument(parser: argparse.ArgumentParser) -> None:
+    """The scripts' repeatable `--set NAME=VALUE` option, collected in `args.settings` for `parse_scclip_settings`."""
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"Change an SC-CLIP setting (repeatable), e.g. use_attention_enhancement=false; one of "
+        f"{', '.join(SCCLIP_SETTINGS)}.",
+    )
+
+
+__all__ = ["add_scclip_settings_argument", "checkpoint_model_type", "load_scclip_model_and_processor"]

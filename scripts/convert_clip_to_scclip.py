@@ -36,7 +36,7 @@ from modeling_scclip.configuration_scclip import (
     scclip_preset,
 )
 from modeling_scclip.image_processing_scclip import SCCLIPImageProcessor
-from modeling_scclip.loading_scclip import checkpoint_model_type
+from modeling_scclip.loading_scclip import add_scclip_settings_argument, checkpoint_model_type
 from modeling_scclip.modeling_scclip import SCCLIPForSemanticSegmentation
 from modeling_scclip.pipeline_scclip import SCCLIPZeroShotSegmentationPipeline
 from modeling_scclip.processing_scclip import SCCLIPProcessor
@@ -243,7 +243,7 @@ def convert(args) -> None:
         raise ConversionError(
             f"{args.output} is not empty: give a new or empty --output folder, so that no stale file is uploaded."
         )
-    overrides = parse_scclip_settings(args.set)
+    overrides = parse_scclip_settings(args.settings)
     evaluation_results = read_evaluation_results(args.eval_results)
     base_model = args.base_model or (None if Path(args.clip).is_dir() else args.clip)
     logger.info("Loading the CLIP checkpoint %s", args.clip)
@@ -274,13 +274,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clip", help="Hub id or local folder of a CLIPModel checkpoint in transformers format.")
     parser.add_argument("--output", required=True, type=Path, help="Folder to write the SC-CLIP repository to.")
     parser.add_argument("--preset", default="auto", choices=["auto", *SCCLIP_PRESETS], help="SC-CLIP layer preset.")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help=f"Change one SC-CLIP setting (repeatable). Settings: {', '.join(SCCLIP_SETTINGS)}.",
-    )
+    add_scclip_settings_argument(parser)
     parser.add_argument(
         "--base-model", help="Hub id of the source checkpoint for the model card, when --clip is a local folder."
     )

@@ -27,9 +27,13 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
-from modeling_scclip.configuration_scclip import SCCLIP_SETTINGS, parse_scclip_settings
+from modeling_scclip.configuration_scclip import parse_scclip_settings
 from modeling_scclip.image_processing_scclip import to_rgb_array
-from modeling_scclip.loading_scclip import DEFAULT_CLIP_CHECKPOINT, load_scclip_model_and_processor
+from modeling_scclip.loading_scclip import (
+    DEFAULT_CLIP_CHECKPOINT,
+    add_scclip_settings_argument,
+    load_scclip_model_and_processor,
+)
 from modeling_scclip.pipeline_scclip import (
     DEFAULT_BATCH_SIZE,
     SCCLIPZeroShotSegmentationPipeline,
@@ -179,14 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="Images segmented together."
     )
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help=f"Change an SC-CLIP setting (repeatable): {', '.join(SCCLIP_SETTINGS)}.",
-    )
+    add_scclip_settings_argument(parser)
     return parser
 
 
