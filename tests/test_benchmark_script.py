@@ -56,6 +56,7 @@ def test_every_case_is_timed_and_summarised(run):
             assert case["images_per_second"] == pytest.approx(1000 / case["ms_per_image"])
             assert case["memory"]["increase_mib"] > 0
             assert case["memory"]["peak_mib"] > case["memory"]["increase_mib"]
+            assert case["memory"]["tensor_peak_mib"] > 0
 
 
 def test_ratios_come_from_the_measured_cases(run):
@@ -68,6 +69,9 @@ def test_ratios_come_from_the_measured_cases(run):
             one_window["ms_per_image"] / batched["ms_per_image"]
         )
         assert ratios["memory_batched_over_plain"] == pytest.approx(
+            batched["memory"]["tensor_peak_mib"] / plain["memory"]["tensor_peak_mib"]
+        )
+        assert ratios["resident_memory_batched_over_plain"] == pytest.approx(
             batched["memory"]["increase_mib"] / plain["memory"]["increase_mib"]
         )
         for name, bound in benchmark.TARGETS.items():
@@ -101,12 +105,14 @@ def test_markdown_tables_show_the_json_numbers(run):
     assert report["environment"]["command"] in markdown
     rows = [line.split(" | ") for line in markdown.splitlines() if line.startswith("| tiny | ")]
     for size, entry in report["results"][0]["sizes"].items():
-        summary = next(row for row in rows if row[1] == size and len(row) == 11)
+        summary = next(row for row in rows if row[1] == size and len(row) == 12)
         cases, ratios = entry["cases"], entry["ratios"]
         assert summary[2:5] == [f"{cases[name]['ms_per_image']:.1f}" for name in benchmark.CASES]
         assert summary[6] == f"{ratios['time_batched_over_plain']:.3f}"
         assert summary[7] == f"{ratios['time_one_window_over_batched']:.3f}"
-        assert summary[10] == f"{ratios['memory_batched_over_plain']:.3f} |"
+        assert summary[8:10] == [f"{cases[name]['memory']['tensor_peak_mib']:.1f}" for name in benchmark.CASES[:2]]
+        assert summary[10] == f"{ratios['memory_batched_over_plain']:.3f}"
+        assert summary[11] == f"{ratios['resident_memory_batched_over_plain']:.3f} |"
         stage_rows = {row[2]: row for row in rows if row[1] == size and len(row) == 5}
         assert f"{entry['stages']['stages']['lof']['percent']:.1f} |" == stage_rows["lof"][4]
     assert "text-tower runs per segmentation with the same labels: " in markdown
@@ -158,6 +164,17 @@ def test_replaced_dense_features_serve_both_cases_only_within_the_block(tiny_mod
     assert calls == ["get_plain_clip_dense_features", "get_dense_image_features", "get_dense_image_features"]
     assert all(name not in vars(tiny_model) for name in replacements)
     assert tiny_model.get_dense_image_features == methods[0]
+
+
+def test_tensor_peak_counts_what_is_held_at_once():
+    def allocate():
+        first = torch.ones(4 * MIB // 4)  # 4 MiB
+        second = torch.ones(8 * MIB // 4)  # 8 MiB: 12 held
+        del first
+        third = torch.ones(4 * MIB // 4) * 2  # 4 MiB, then 4 more for the product: 16 held
+        return second, third
+
+    assert benchmark.tensor_peak_bytes(allocate) / MIB == pytest.approx(16, abs=0.01)
 
 
 def test_cpu_peak_memory_counts_a_known_allocation_every_time():
