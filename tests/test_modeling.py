@@ -433,11 +433,12 @@ def test_plain_clip_features_equal_clip(clip, model):
         torch.testing.assert_close(model.get_plain_clip_dense_features(window), expected, rtol=0, atol=0)
 
 
-def test_half_precision_stays_close_to_float32(clip, model):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_stays_close_to_float32(clip, model, dtype):
     torch.manual_seed(17)
     image = torch.randn(1, 3, 96, 128)
     text_embeds = torch.randn(6, 32)
-    half = make_model(clip).to(torch.bfloat16)
+    half = make_model(clip).to(dtype)
     with torch.no_grad():
         reference = model(pixel_values=image, text_embeds=text_embeds).logits
         logits = half(pixel_values=image, text_embeds=text_embeds).logits
