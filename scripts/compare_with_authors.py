@@ -153,18 +153,21 @@ def authors_logits(segmentor, config, pixel_values: torch.Tensor) -> torch.Tenso
 def compare(name: str, size: tuple[int, int], args) -> dict:
     shape = MODEL_SHAPES[name]
     shape = dataclasses.replace(shape, scclip_overrides={**shape.scclip_overrides, **AUTHORS_FIXED_SETTINGS})
+    device = torch.device(args.device)
     model = random_scclip_model(shape, character_tokenizer(), args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    pixel_values = torch.randn(1, 3, *size, generator=generator)
-    text_embeds = torch.randn(args.num_queries, model.config.projection_dim, generator=generator)
+    pixel_values = torch.randn(1, 3, *size, generator=generator).to(device)
+    text_embeds = torch.randn(args.num_queries, model.config.projection_dim, generator=generator).to(device)
     segmentor = authors_segmentor(model, text_embeds, args.authors_repo)
+    segmentor.net.visual.to(device)
+    model.to(device)
     cases = {
         "port_batched": lambda: model(pixel_values, text_embeds=text_embeds).logits,
         "authors": lambda: authors_logits(segmentor, model.config, pixel_values),
     }
     with torch.inference_mode():
         ours, theirs = cases["port_batched"](), cases["authors"]()
-        times = time_cases(cases, torch.device("cpu"), args.warmup, args.repeats)
+        times = time_cases(cases, device, args.warmup, args.repeats)
     ms = {case: statistics.median(values) for case, values in times.items()}
     return {
         "model": name,
@@ -178,7 +181,7 @@ def compare(name: str, size: tuple[int, int], args) -> dict:
 
 def markdown(results: list[dict], command: str) -> str:
     lines = [
-        f"`{command}` (CPU float32, torch {torch.__version__}, {torch.get_num_threads()} threads)",
+        f"`{command}` (float32, torch {torch.__version__}, {torch.get_num_threads()} CPU threads)",
         "",
         "| model | size | port (b) ms/img | authors ms/img | authors / port | max abs logit diff | labels agree |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -198,6 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--authors-repo", type=Path, required=True, help="A clone of github.com/SuleBai/SC-CLIP.")
     parser.add_argument("--models", nargs="+", choices=sorted(MODEL_SHAPES), default=["vit-b16"])
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(336, 448)], help="HEIGHTxWIDTH")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--num-queries", type=int, default=21)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
