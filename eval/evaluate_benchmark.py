@@ -239,9 +239,8 @@ def _average(values: list[float | None]) -> float | None:
     return None if any(value is None for value in values) else float(np.mean(values))
 
 
-def markdown_table(results: dict[str, dict], model_name: str) -> str:
+def markdown_table(results: dict[str, dict], model_name: str, registry: dict[str, Benchmark]) -> str:
     """A Table 1 style markdown table: the paper's SC-CLIP rows and this run's row (– where not evaluated)."""
-    registry = load_registry()
     header = "| Method | " + " | ".join(benchmark.column for benchmark in registry.values()) + " | Avg |"
     lines = [header, "|" + " --- |" * (len(registry) + 2)]
     for backbone in PAPER_BACKBONES:
@@ -283,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
             "num_processes": accelerator.num_processes,
             "benchmarks": results,
             "mean_miou": _average(miou) if len(results) == len(registry) else None,
-            "table": markdown_table(results, args.model),
+            "table": markdown_table(results, args.model, registry),
         }
         if accelerator.is_main_process:
             print(summary["table"])
