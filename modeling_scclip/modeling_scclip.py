@@ -383,25 +383,28 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
         offsets = torch.tensor([0] + [height * width for height, width in sizes]).cumsum(0).tolist()
         # All images side by side as one flat pixel row: windows are gathered from it and their logits added back
         # into a flat canvas with index operations, never one window at a time.
-        flat_pixels = torch.cat([image.reshape(image.shape[0], -1) for image in images], dim=1).to(self.dtype)
+        flat_pixels = torch.cat([image.reshape(image.shape[0], -1) for image in images], dim=1)
+        flat_pixels = flat_pixels.to(device=self.device, dtype=self.dtype)
         canvas = queries.new_zeros(queries.shape[0], offsets[-1])
         counts = queries.new_zeros(offsets[-1])
         crop, stride, patch = self.config.slide_crop_size, self.config.slide_stride, self.config.patch_size
         for (height, width), windows in self._windows_by_size(sizes, crop, stride).items():
             # The patch embedding ignores a remainder smaller than a patch, as CLIP's strided convolution does.
             feature_height, feature_width = height - height % patch, width - width % patch
-            for chunk in torch.split(torch.tensor(windows), self.config.window_batch_size):
-                crop_index = _window_pixel_indices(chunk, offsets, sizes, feature_height, feature_width)
-                crops = flat_pixels[:, crop_index.to(flat_pixels.device)].view(
-                    -1, len(chunk), feature_height, feature_width
-                )
+            # One small host-to-device copy per window size; the pixel indices are then built on the device, so the
+            # host never waits for the GPU between chunks.
+            origins, image_widths = _window_origins(windows, offsets, sizes).to(self.device)
+            batch_size = self.config.window_batch_size
+            for origin, image_width in zip(origins.split(batch_size), image_widths.split(batch_size)):
+                crop_index = _window_pixel_indices(origin, image_width, feature_height, feature_width)
+                crops = flat_pixels[:, crop_index].view(-1, len(origin), feature_height, feature_width)
                 features = F.normalize(dense_features(crops.transpose(0, 1)).float(), dim=1)
                 with record_function("scclip/upsample_canvas"):
                     window_logits = torch.einsum("bdhw,qd->qbhw", features, queries)
                     window_logits = F.interpolate(
                         window_logits, size=(height, width), mode="bilinear", align_corners=False
                     )
-                    pixel_index = _window_pixel_indices(chunk, offsets, sizes, height, width).to(canvas.device)
+                    pixel_index = _window_pixel_indices(origin, image_width, height, width)
                     canvas.index_add_(1, pixel_index, window_logits.reshape(queries.shape[0], -1))
                     counts.index_add_(0, pixel_index, torch.ones_like(pixel_index, dtype=counts.dtype))
         logits = [
@@ -481,8 +484,10 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
                     f"Image {index} is {image.shape[-2]}x{image.shape[-1]} pixels, smaller than one {patch}x{patch} "
                     "patch: SC-CLIP needs at least one patch per side."
                 )
-            if not torch.isfinite(image).all():
-                raise ValueError(f"Image {index} contains NaN or infinite pixel values.")
+        # One check for all images: each `.all()` read on the host would wait for the device.
+        finite = torch.stack([torch.isfinite(image).all() for image in images]).tolist()
+        if not all(finite):
+            raise ValueError(f"Image {finite.index(False)} contains NaN or infinite pixel values.")
         return images
 
     def _check_text_embeds(self, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -502,17 +507,19 @@ def _sum_aggregated(features: torch.Tensor, fused: torch.Tensor, aggregation: to
     return total if aggregation is None else aggregation @ total
 
 
-def _window_pixel_indices(
-    windows: torch.Tensor, offsets: list[int], sizes: list[tuple[int, int]], height: int, width: int
-) -> torch.Tensor:
-    """Flat canvas index of every pixel of every window `(n, 3)` = (image, top, left), window-major."""
-    image_index, top, left = windows.unbind(1)
-    image_offsets = torch.tensor(offsets[:-1])[image_index]
-    image_widths = torch.tensor([size[1] for size in sizes])[image_index]
-    rows = top[:, None] + torch.arange(height)[None]
-    columns = left[:, None] + torch.arange(width)[None]
-    flat = image_offsets[:, None, None] + rows[:, :, None] * image_widths[:, None, None] + columns[:, None, :]
-    return flat.reshape(-1)
+def _window_origins(windows: list[tuple[int, int, int]], offsets: list[int], sizes: list[tuple[int, int]]):
+    """`(2, n)`: the flat canvas index of every window's top-left pixel, and the width of the window's image."""
+    return torch.tensor(
+        [[offsets[image] + top * sizes[image][1] + left for image, top, left in windows]]
+        + [[sizes[image][1] for image, _, _ in windows]]
+    )
+
+
+def _window_pixel_indices(origins: torch.Tensor, image_widths: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Flat canvas index of every pixel of `height` x `width` windows at `origins` `(n,)`, window-major."""
+    rows = torch.arange(height, device=origins.device)[None, :, None] * image_widths[:, None, None]
+    columns = torch.arange(width, device=origins.device)
+    return (origins[:, None, None] + rows + columns).reshape(-1)
 
 
 def _scclip_state_dict_from_clip(clip_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ import types
 from pathlib import Path
 
 import torch
-from benchmark import MODEL_SHAPES, character_tokenizer, parse_size, random_scclip_model, time_cases
+from benchmark import DTYPES, MODEL_SHAPES, character_tokenizer, parse_size, random_scclip_model, time_cases
 
 from modeling_scclip import SCCLIPForSemanticSegmentation
 
@@ -153,25 +153,31 @@ def authors_logits(segmentor, config, pixel_values: torch.Tensor) -> torch.Tenso
 def compare(name: str, size: tuple[int, int], args) -> dict:
     shape = MODEL_SHAPES[name]
     shape = dataclasses.replace(shape, scclip_overrides={**shape.scclip_overrides, **AUTHORS_FIXED_SETTINGS})
-    device = torch.device(args.device)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
     model = random_scclip_model(shape, character_tokenizer(), args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    pixel_values = torch.randn(1, 3, *size, generator=generator).to(device)
-    text_embeds = torch.randn(args.num_queries, model.config.projection_dim, generator=generator).to(device)
+    pixel_values = torch.randn(1, 3, *size, generator=generator).to(device=device, dtype=dtype)
+    text_embeds = torch.randn(args.num_queries, model.config.projection_dim, generator=generator)
+    text_embeds = text_embeds.to(device=device, dtype=dtype)
     segmentor = authors_segmentor(model, text_embeds, args.authors_repo)
     segmentor.net.visual.to(device)
-    model.to(device)
+    if dtype == torch.float16:
+        # What OpenAI's clip.load does on CUDA, so what the authors' code runs: half weights, float32 LayerNorms.
+        import_authors_code(args.authors_repo)[0].convert_weights(segmentor.net.visual)
+    model.to(device=device, dtype=dtype)
     cases = {
         "port_batched": lambda: model(pixel_values, text_embeds=text_embeds).logits,
         "authors": lambda: authors_logits(segmentor, model.config, pixel_values),
     }
     with torch.inference_mode():
-        ours, theirs = cases["port_batched"](), cases["authors"]()
+        ours, theirs = cases["port_batched"](), cases["authors"]().float()
         times = time_cases(cases, device, args.warmup, args.repeats)
     ms = {case: statistics.median(values) for case, values in times.items()}
     return {
         "model": name,
         "size": f"{size[0]}x{size[1]}",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": args.dtype,
         "max_abs_logit_difference": (ours - theirs).abs().max().item(),
         "label_agreement_percent": 100 * (ours.argmax(1) == theirs.argmax(1)).float().mean().item(),
         "ms_per_image": ms,
@@ -181,15 +187,17 @@ def compare(name: str, size: tuple[int, int], args) -> dict:
 
 def markdown(results: list[dict], command: str) -> str:
     lines = [
-        f"`{command}` (float32, torch {torch.__version__}, {torch.get_num_threads()} CPU threads)",
+        f"`{command}` (torch {torch.__version__}, {torch.get_num_threads()} CPU threads)",
         "",
-        "| model | size | port (b) ms/img | authors ms/img | authors / port | max abs logit diff | labels agree |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | size | device | dtype | port (b) ms/img | authors ms/img | authors / port | max abs logit diff "
+        "| labels agree |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for result in results:
         ms = result["ms_per_image"]
         lines.append(
-            f"| {result['model']} | {result['size']} | {ms['port_batched']:.1f} | {ms['authors']:.1f} | "
+            f"| {result['model']} | {result['size']} | {result['device']} | {result['dtype']} | "
+            f"{ms['port_batched']:.1f} | {ms['authors']:.1f} | "
             f"{result['authors_over_port_time']:.2f} | {result['max_abs_logit_difference']:.2e} | "
             f"{result['label_agreement_percent']:.3f}% |"
         )
@@ -202,6 +210,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--models", nargs="+", choices=sorted(MODEL_SHAPES), default=["vit-b16"])
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(336, 448)], help="HEIGHTxWIDTH")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="Both sides' weights and inputs. The authors' code runs float16 on CUDA (OpenAI's clip.load casts the "
+        "weights), and has no bfloat16 path.",
+    )
     parser.add_argument("--num-queries", type=int, default=21)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)

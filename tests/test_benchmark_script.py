@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import DEVICES
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 
@@ -57,6 +58,7 @@ def test_every_case_is_timed_and_summarised(run):
             assert case["memory"]["increase_mib"] > 0
             assert case["memory"]["peak_mib"] > case["memory"]["increase_mib"]
             assert case["memory"]["tensor_peak_mib"] > 0
+            assert case["host_synchronizations"] is None  # a CUDA measure
 
 
 def test_ratios_come_from_the_measured_cases(run):
@@ -185,6 +187,18 @@ def test_cpu_peak_memory_counts_a_known_allocation_every_time():
         assert memory["increase_mib"] == pytest.approx(64, abs=4)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_host_synchronizations_are_counted_on_cuda(device):
+    device = torch.device(device)
+    values = torch.randn(64, device=device)
+    launches_only = benchmark.count_host_synchronizations(lambda: (values * 2).sum(), device)
+    two_reads = benchmark.count_host_synchronizations(lambda: values.sum().item() + values.max().item(), device)
+    if device.type == "cpu":
+        assert launches_only is None and two_reads is None
+    else:
+        assert (launches_only, two_reads) == (0, 2)
+
+
 def test_sizes_are_parsed_and_bad_ones_explained():
     assert benchmark.parse_size("336x448") == (336, 448)
     with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
@@ -195,7 +209,7 @@ def test_half_precision_run_reports_label_agreement_with_float32(tmp_path, tiny_
     argv = "--models tiny --sizes 64x96 --dtype bfloat16 --repeats 1 --warmup 0 --profile-runs 1".split()
     report = benchmark.main([*argv, "--output", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")])
     entry = report["results"][0]["sizes"]["64x96"]
-    agreement = entry["label_agreement_with_float32_percent"]
+    agreement = entry["label_agreement_with_float32"]["percent"]
     assert entry["targets_met"]["label_agreement_with_float32"] == (agreement >= 99.5)
     assert (
         f"tiny 64x96: {agreement:.3f}% of the pixels get the same label in bfloat16" in (tmp_path / "r.md").read_text()
@@ -207,15 +221,23 @@ def test_half_precision_run_reports_label_agreement_with_float32(tmp_path, tiny_
     low = benchmark.random_scclip_model(benchmark.MODEL_SHAPES["tiny"], benchmark.character_tokenizer(), seed=0)
     low.to(torch.bfloat16)
     with torch.inference_mode():
-        labels = low(pixel_values.bfloat16(), text_embeds=text_embeds.bfloat16()).logits.argmax(1)
-        reference = tiny_model(pixel_values, text_embeds=text_embeds).logits.argmax(1)
-    assert agreement == pytest.approx(100 * (labels == reference).float().mean().item())
+        labels = low(pixel_values, text_embeds=text_embeds).logits.argmax(1)
+        reference_logits = tiny_model(pixel_values, text_embeds=text_embeds).logits
+    changed = labels != reference_logits.argmax(1)
+    assert agreement == pytest.approx(100 * (1 - changed.float().mean().item()))
     assert 50 < agreement <= 100
+    # The margins between each pixel's two best float32 queries, over the pixels whose label changed and over all.
+    best, second = reference_logits.topk(2, dim=1).values.unbind(1)
+    margins = best - second
+    detail = entry["label_agreement_with_float32"]
+    assert detail["median_float32_margin"] == pytest.approx(margins.median().item())
+    if changed.any():
+        assert detail["changed_pixels_max_float32_margin"] == pytest.approx(margins[changed].max().item())
+    else:
+        assert detail["changed_pixels_max_float32_margin"] is None
 
 
 def test_float32_runs_report_no_agreement(run):
     report, markdown = run
-    assert all(
-        entry["label_agreement_with_float32_percent"] is None for entry in report["results"][0]["sizes"].values()
-    )
+    assert all(entry["label_agreement_with_float32"] is None for entry in report["results"][0]["sizes"].values())
     assert "Half precision" not in markdown

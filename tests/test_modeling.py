@@ -1,5 +1,6 @@
 """SC-CLIP's computation against straightforward reimplementations of the spec (per token, per window, per image)."""
 
+import copy
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.neighbors import LocalOutlierFactor
-from tiny_models import tiny_clip_model, tiny_scclip_config
+from tiny_models import DEVICES, full_float32, tiny_clip_model, tiny_scclip_config
 from transformers import AutoConfig, AutoModel
 
 from modeling_scclip import SCCLIPConfig, SCCLIPForSemanticSegmentation
@@ -36,6 +37,11 @@ def model(clip):
 
 def make_model(clip, **overrides):
     return SCCLIPForSemanticSegmentation.from_clip(clip, **{**TINY_OVERRIDES, **overrides})
+
+
+def on_device(model, device):
+    """`model` on `device`; a copy off the CPU, so that the shared fixture stays where the other tests expect it."""
+    return model if device == "cpu" else copy.deepcopy(model).to(device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -350,24 +356,28 @@ def test_batched_images_equal_one_by_one(model):
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("size", [(100, 150), (64, 64), (40, 70), (130, 64)])
-def test_slide_inference_equals_per_window_reference(clip, model, size):
+def test_slide_inference_equals_per_window_reference(clip, model, size, device):
     torch.manual_seed(13)
     image = torch.randn(3, *size)
     text_embeds = torch.randn(4, 32)
-    with torch.no_grad():
-        logits = model(pixel_values=image[None], text_embeds=text_embeds).logits[0]
+    with torch.no_grad(), full_float32(device):
+        # Inputs on the CPU: the model moves them to its device.
+        logits = on_device(model, device)(pixel_values=image[None], text_embeds=text_embeds).logits[0]
     expected = reference_slide_logits(clip, model.config, image, text_embeds)
-    assert logits.shape == (4, *size) and logits.dtype == torch.float32
-    torch.testing.assert_close(logits.double(), expected, rtol=1e-4, atol=1e-4)
+    assert logits.shape == (4, *size) and logits.dtype == torch.float32 and logits.device.type == device
+    torch.testing.assert_close(logits.cpu().double(), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_windows_batched_equal_windows_looped(clip, model):
+@pytest.mark.parametrize("device", DEVICES)
+def test_windows_batched_equal_windows_looped(clip, model, device):
     torch.manual_seed(14)
-    images = torch.randn(2, 3, 96, 160)  # 2 x 4 windows per image
-    text_embeds = torch.randn(3, 32)
-    looped = make_model(clip, window_batch_size=1)
-    chunked = make_model(clip, window_batch_size=3)
+    images = torch.randn(2, 3, 96, 160, device=device)  # 2 x 4 windows per image
+    text_embeds = torch.randn(3, 32, device=device)
+    model = on_device(model, device)
+    looped = make_model(clip, window_batch_size=1).to(device)
+    chunked = make_model(clip, window_batch_size=3).to(device)
     with torch.no_grad():
         all_at_once = model(pixel_values=images, text_embeds=text_embeds).logits
         for other in (looped, chunked):
@@ -378,10 +388,13 @@ def test_windows_batched_equal_windows_looped(clip, model):
     torch.testing.assert_close(all_at_once, one_by_one, rtol=1e-5, atol=1e-5)
 
 
-def test_images_of_different_sizes_as_a_list(model):
+@pytest.mark.parametrize("device", DEVICES)
+def test_images_of_different_sizes_as_a_list(model, device):
     torch.manual_seed(15)
     images = [torch.randn(3, 100, 150), torch.randn(3, 40, 70), torch.randn(3, 64, 64)]
-    text_embeds = torch.randn(2, 32)
+    images = [image.to(device) for image in images]
+    text_embeds = torch.randn(2, 32, device=device)
+    model = on_device(model, device)
     with torch.no_grad():
         logits = model(pixel_values=images, text_embeds=text_embeds).logits
         assert isinstance(logits, list) and [tuple(image_logits.shape) for image_logits in logits] == [
@@ -433,15 +446,16 @@ def test_plain_clip_features_equal_clip(clip, model):
         torch.testing.assert_close(model.get_plain_clip_dense_features(window), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_stays_close_to_float32(clip, model, dtype):
+def test_half_precision_stays_close_to_float32(clip, model, dtype, device):
     torch.manual_seed(17)
     image = torch.randn(1, 3, 96, 128)
     text_embeds = torch.randn(6, 32)
-    half = make_model(clip).to(dtype)
+    half = make_model(clip).to(device=device, dtype=dtype)
     with torch.no_grad():
         reference = model(pixel_values=image, text_embeds=text_embeds).logits
-        logits = half(pixel_values=image, text_embeds=text_embeds).logits
+        logits = half(pixel_values=image, text_embeds=text_embeds).logits.cpu()
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
     assert (logits - reference).abs().mean() < 0.05
     assert (logits.argmax(1) == reference.argmax(1)).float().mean() > 0.8

@@ -1,5 +1,6 @@
 """The zero-shot segmentation pipeline, end to end on a tiny SC-CLIP checkpoint loaded with trust_remote_code."""
 
+import copy
 import functools
 import json
 import threading
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import tiny_clip_model, tiny_tokenizer
+from tiny_models import DEVICES, full_float32, tiny_clip_model, tiny_tokenizer
 from transformers import pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -219,6 +220,21 @@ def test_a_loaded_model_builds_the_pipeline_by_task_name(reference):
     assert_segments_equal(
         segmenter(scene_image(), candidate_labels=LABELS), expected_segments(label_map, probabilities, class_names)
     )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pipeline_on_every_device_equals_the_cpu_computation(reference, device):
+    """Model, label cache, post-processing and PAMR on the pipeline's device give the CPU's segments."""
+    model, processor = reference
+    label_map, probabilities, class_names = direct_segmentation(
+        model, processor, scene_image(), LABELS, pamr_images=processor(images=scene_image())["pixel_values"]
+    )
+    # A copy: the pipeline moves its model to the device, and the fixture's model must stay on the CPU.
+    segmenter = pipeline(ZERO_SHOT_IMAGE_SEGMENTATION, model=copy.deepcopy(model), processor=processor, device=device)
+    assert segmenter.model.device.type == device
+    with full_float32(device):
+        segments = segmenter(scene_image(), candidate_labels=LABELS, pamr=True)
+    assert_segments_equal(segments, expected_segments(label_map, probabilities, class_names))
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Tiny, randomly initialised CLIP/SC-CLIP models and a tiny CLIP tokenizer, made offline for the tests."""
 
+import contextlib
 import string
 
 import torch
@@ -27,6 +28,13 @@ TINY_TEXT = dict(
     max_position_embeddings=77,
 )
 PROJECTION_DIM = 32
+# The end-to-end tests run on every device this machine has: CPU in CI, CPU and CUDA on a GPU machine.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def full_float32(device: str):
+    """cuDNN's default TF32 convolutions (the patch embedding) off, so that CUDA is held to float32 tolerances."""
+    return torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if device == "cuda" else contextlib.nullcontext()
 
 
 def tiny_tokenizer() -> CLIPTokenizer:
