@@ -281,8 +281,9 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
             with record_function("scclip/lof"):
                 anomalies = self.find_anomaly_tokens(patches)
             with record_function("scclip/resolution"):
-                patches = resolve_anomalies(patches, anomalies, grid)
-                pre_patches = resolve_anomalies(pre_patches, anomalies, grid)
+                # Both layers share the anomaly mask: resolve them side by side in one pass.
+                resolved = resolve_anomalies(torch.cat([patches, pre_patches], dim=-1), anomalies, grid)
+                patches, pre_patches = resolved.split(patches.shape[-1], dim=-1)
         with record_function("scclip/similarity_aggregation"):
             pre_similarity = cosine_similarity_matrix(pre_patches)
             enhancement = (

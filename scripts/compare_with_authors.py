@@ -178,6 +178,7 @@ def compare(name: str, size: tuple[int, int], args) -> dict:
         "size": f"{size[0]}x{size[1]}",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": args.dtype,
+        "tf32_convolutions": torch.backends.cudnn.allow_tf32 and device.type == "cuda",
         "max_abs_logit_difference": (ours - theirs).abs().max().item(),
         "label_agreement_percent": 100 * (ours.argmax(1) == theirs.argmax(1)).float().mean().item(),
         "ms_per_image": ms,
@@ -196,7 +197,8 @@ def markdown(results: list[dict], command: str) -> str:
     for result in results:
         ms = result["ms_per_image"]
         lines.append(
-            f"| {result['model']} | {result['size']} | {result['device']} | {result['dtype']} | "
+            f"| {result['model']} | {result['size']} | {result['device']} | "
+            f"{result['dtype']}{' (TF32 convolutions)' if result['tf32_convolutions'] else ''} | "
             f"{ms['port_batched']:.1f} | {ms['authors']:.1f} | "
             f"{result['authors_over_port_time']:.2f} | {result['max_abs_logit_difference']:.2e} | "
             f"{result['label_agreement_percent']:.3f}% |"
@@ -217,12 +219,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="Both sides' weights and inputs. The authors' code runs float16 on CUDA (OpenAI's clip.load casts the "
         "weights), and has no bfloat16 path.",
     )
+    parser.add_argument(
+        "--no-tf32",
+        action="store_true",
+        help="Turn off cuDNN's TF32 convolutions (PyTorch's default on CUDA), which round the patch embedding of "
+        "both sides to about 1e-3 and differently for different window batch sizes.",
+    )
     parser.add_argument("--num-queries", type=int, default=21)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, help="Write the results as JSON to this file.")
     args = parser.parse_args(argv)
+    torch.backends.cudnn.allow_tf32 = not args.no_tf32
     results = [compare(name, size, args) for name in args.models for size in args.sizes]
     command = " ".join(["python scripts/compare_with_authors.py", *(sys.argv[1:] if argv is None else argv)])
     print(markdown(results, command))

@@ -34,9 +34,11 @@ for dtype in float32 float16 bfloat16; do
         --output "$out/benchmark-$dtype.json" --markdown "$out/benchmark-$dtype.md"
 done
 if [ -n "$authors" ]; then
-    for dtype in float32 float16; do
+    # float32 without TF32 convolutions: the fidelity check; float16: what the authors' code runs on CUDA.
+    for setting in "float32 --no-tf32" "float16"; do
+        read -r dtype tf32 <<<"$setting"
         step "authors-$dtype" python3 scripts/compare_with_authors.py --authors-repo "$authors" --device cuda \
-            --dtype "$dtype" --models vit-b16 vit-l14 --sizes 336x448 336x500 --warmup 2 --repeats 10 \
+            --dtype "$dtype" $tf32 --models vit-b16 vit-l14 --sizes 336x448 336x500 --warmup 2 --repeats 10 \
             --output "$out/authors-$dtype.json"
     done
 fi
