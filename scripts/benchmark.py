@@ -109,6 +109,7 @@ TARGETS = {
 # Half-precision label maps must agree with float32's on this share of the pixels (issue 6, on GPU).
 MIN_LABEL_AGREEMENT_PERCENT = 99.5
 MEMORY_RUNS = 3
+SYNC_WARNING = "called a synchronizing CUDA operation"
 MIB = 2**20
 
 
@@ -261,7 +262,11 @@ def measure_peak_memory(run: Callable, device: torch.device, rss: ResidentSetPea
 
 
 def stage_times_ms(profiler, device: torch.device, runs: int) -> dict[str, float]:
-    """Milliseconds per run of every `scclip/<stage>` region the profiler saw (GPU time on CUDA)."""
+    """
+    Milliseconds per run of every `scclip/<stage>` region the profiler saw. On CUDA this is the region's span on the
+    GPU timeline, from its first kernel's start to its last kernel's end, idle gaps included: where kernel launches
+    are the bottleneck it is close to the region's wall time, not the GPU's busy time.
+    """
     stages = {}
     for event in profiler.key_averages():
         if event.key.startswith(STAGE_PREFIX):
@@ -390,7 +395,8 @@ def count_host_synchronizations(run: Callable, device: torch.device) -> int | No
             run()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchronizing" in str(warning.message) for warning in caught)
+    # The exact text: switching the mode on also warns once that the mode is a prototype ("...synchronizing...").
+    return sum(str(warning.message).startswith(SYNC_WARNING) for warning in caught)
 
 
 def benchmark_size(model, size, args, device, dtype, rss, compiled: dict[str, Callable], reference=None) -> dict:
@@ -431,6 +437,7 @@ def benchmark_size(model, size, args, device, dtype, rss, compiled: dict[str, Ca
 def benchmark_model(name: str, args, device, dtype, rss) -> dict:
     tokenizer = character_tokenizer()
     model = random_scclip_model(MODEL_SHAPES[name], tokenizer, args.seed)
+    model.config.window_batch_size = args.window_batch_size
     processor = SCCLIPProcessor(image_processor=SCCLIPImageProcessor(), tokenizer=tokenizer)
     crop = model.config.slide_crop_size
     labels = [f"class {index}" for index in range(args.num_queries)]
@@ -461,6 +468,7 @@ def environment(args, device: torch.device, rss: ResidentSetPeak, argv: list[str
         "dtype": args.dtype,
         "compile": args.compile,
         "batch_size": args.batch_size,
+        "window_batch_size": args.window_batch_size,
         "num_queries": args.num_queries,
         "warmup": args.warmup,
         "repeats": args.repeats,
@@ -547,7 +555,8 @@ def markdown_report(report: dict) -> str:
             f"`{env['command']}`",
             "",
             f"{env['device']} ({env['device_type']}, {env['threads']} threads), {env['dtype']}, "
-            f"batch {env['batch_size']}, {env['num_queries']} queries, torch.compile {'on' if env['compile'] else 'off'}, "
+            f"batch {env['batch_size']}, {env['window_batch_size']} windows per encoder pass, "
+            f"{env['num_queries']} queries, torch.compile {'on' if env['compile'] else 'off'}, "
             f"torch {env['torch']}; median of {env['repeats']} runs after {env['warmup']} warm-up runs. "
             f"Memory: {env['memory']}, in MiB.",
             "",
@@ -582,6 +591,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--compile", action="store_true", help="torch.compile both cases' per-window dense features")
     parser.add_argument("--batch-size", type=int, default=1, help="images per call, all of the same size")
+    parser.add_argument(
+        "--window-batch-size",
+        type=int,
+        default=SCCLIPConfig.window_batch_size,
+        help="windows per encoder pass in (a) and (b) (the model's window_batch_size)",
+    )
     parser.add_argument("--num-queries", type=int, default=21, help="random text queries (VOC has 21 classes)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -594,7 +609,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.sizes = [parse_size(size) for size in args.sizes]
     except ValueError as error:
         parser.error(str(error))
-    for name in ("batch_size", "num_queries", "repeats", "profile_runs"):
+    for name in ("batch_size", "window_batch_size", "num_queries", "repeats", "profile_runs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if args.warmup < 0:

@@ -198,12 +198,10 @@ def test_host_synchronizations_are_counted_on_cuda(device):
     def two_reads():
         return values.sum().item() + values.max().item()
 
-    # Warmed up first, as the benchmark's cases are: a kernel's first launch may wait for its module to load.
-    counts = []
-    for run in (launches_only, two_reads):
-        run()
-        counts.append(benchmark.count_host_synchronizations(run, device))
-    launches_only, two_reads = counts
+    # launches_only first: turning the debug mode on the first time also warns that it is a prototype.
+    launches_only, two_reads = (
+        benchmark.count_host_synchronizations(run, device) for run in (launches_only, two_reads)
+    )
     if device.type == "cpu":
         assert launches_only is None and two_reads is None
     else:
@@ -252,3 +250,13 @@ def test_float32_runs_report_no_agreement(run):
     report, markdown = run
     assert all(entry["label_agreement_with_float32"] is None for entry in report["results"][0]["sizes"].values())
     assert "Half precision" not in markdown
+
+
+def test_window_batch_size_option_reaches_the_model(tmp_path):
+    argv = "--models tiny --sizes 64x96 --window-batch-size 3 --repeats 1 --warmup 0 --profile-runs 1".split()
+    report = benchmark.main([*argv, "--output", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")])
+    assert report["environment"]["window_batch_size"] == 3
+    assert report["results"][0]["config"]["window_batch_size"] == 3
+    assert "3 windows per encoder pass" in (tmp_path / "r.md").read_text()
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--window-batch-size", "0"])
