@@ -97,8 +97,9 @@ class SCCLIPConfig(CLIPVisionConfig):
             Side of the sliding windows of whole-image inference, in pixels.
         slide_stride (`int`, *optional*, defaults to 112):
             Stride of the sliding windows, in pixels.
-        window_batch_size (`int`, *optional*, defaults to 16):
-            How many windows go through the encoder together; bounds memory on large images.
+        window_batch_size (`int`, *optional*, defaults to 64):
+            How many windows go through the encoder together; bounds memory on large images. On a GPU, fewer and
+            larger passes launch fewer kernels (a 560x1120 image's 36 windows in one pass instead of three).
         use_anomaly_resolution (`bool`, *optional*, defaults to `True`):
             Ablation switch (Table 2): find and resolve anomaly tokens.
         use_attention_enhancement (`bool`, *optional*, defaults to `True`):
@@ -136,7 +137,7 @@ class SCCLIPConfig(CLIPVisionConfig):
     cls_residual_weight: float | int | None = None
     slide_crop_size: int = 224
     slide_stride: int = 112
-    window_batch_size: int = 16
+    window_batch_size: int = 64
     use_anomaly_resolution: bool = True
     use_attention_enhancement: bool = True
     use_feature_aggregation: bool = True
