@@ -38,14 +38,21 @@ class SCCLIPSemanticSegmenterOutput(ModelOutput):
     logits: torch.FloatTensor | list[torch.FloatTensor] | None = None
 
 
+def full_precision(tensor: torch.Tensor):
+    """Autocast off for `tensor`'s device: the block's float32 products stay float32 under mixed precision."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 def pairwise_squared_distances(tokens: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances `(B, N, N)` between the rows of `tokens` `(B, N, D)`, from a Gram matrix."""
-    # Centring leaves distances unchanged and keeps the Gram expansion precise for CLIP's large-norm tokens.
-    tokens = tokens.float()
-    tokens = tokens - tokens.mean(dim=1, keepdim=True)
-    squared_norms = tokens.square().sum(dim=-1)
-    gram = tokens @ tokens.transpose(1, 2)
-    return (squared_norms[:, :, None] + squared_norms[:, None, :] - 2 * gram).clamp_min_(0)
+    # Centring leaves distances unchanged and keeps the Gram expansion precise for CLIP's large-norm tokens; a
+    # half-precision Gram matrix would not be (catastrophic cancellation), hence float32 also under autocast.
+    with full_precision(tokens):
+        tokens = tokens.float()
+        tokens = tokens - tokens.mean(dim=1, keepdim=True)
+        squared_norms = tokens.square().sum(dim=-1)
+        gram = tokens @ tokens.transpose(1, 2)
+        return (squared_norms[:, :, None] + squared_norms[:, None, :] - 2 * gram).clamp_min_(0)
 
 
 def nearest_neighbors(distances: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,9 +116,10 @@ def resolve_anomalies(tokens: torch.Tensor, anomalies: torch.Tensor, grid: tuple
 
 
 def cosine_similarity_matrix(tokens: torch.Tensor) -> torch.Tensor:
-    """Cosine similarities `(B, N, N)` between the rows of `tokens` `(B, N, D)`, in float32."""
-    tokens = F.normalize(tokens.float(), dim=-1)
-    return tokens @ tokens.transpose(1, 2)
+    """Cosine similarities `(B, N, N)` between the rows of `tokens` `(B, N, D)`, in float32 (also under autocast)."""
+    with full_precision(tokens):
+        tokens = F.normalize(tokens.float(), dim=-1)
+        return tokens @ tokens.transpose(1, 2)
 
 
 def aggregation_operator(similarity: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -400,7 +408,8 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
                 crop_index = _window_pixel_indices(origin, image_width, feature_height, feature_width)
                 crops = flat_pixels[:, crop_index].view(-1, len(origin), feature_height, feature_width)
                 features = F.normalize(dense_features(crops.transpose(0, 1)).float(), dim=1)
-                with record_function("scclip/upsample_canvas"):
+                # The logits and their float32 canvas stay float32 under autocast too.
+                with record_function("scclip/upsample_canvas"), full_precision(features):
                     window_logits = torch.einsum("bdhw,qd->qbhw", features, queries)
                     window_logits = F.interpolate(
                         window_logits, size=(height, width), mode="bilinear", align_corners=False

@@ -14,6 +14,8 @@ from transformers import AutoConfig, AutoModel
 from modeling_scclip import SCCLIPConfig, SCCLIPForSemanticSegmentation
 from modeling_scclip.modeling_scclip import (
     aggregation_operator,
+    cosine_similarity_matrix,
+    pairwise_squared_distances,
     released_lof_scores,
     resolve_anomalies,
     select_anomalies,
@@ -457,6 +459,25 @@ def test_half_precision_stays_close_to_float32(clip, model, dtype, device):
     with torch.no_grad():
         reference = model(pixel_values=image, text_embeds=text_embeds).logits
         logits = half(pixel_values=image, text_embeds=text_embeds).logits.cpu()
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert (logits - reference).abs().mean() < 0.05
+    assert (logits.argmax(1) == reference.argmax(1)).float().mean() > 0.8
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast_keeps_distances_similarities_and_logits_float32(clip, model, device):
+    torch.manual_seed(19)
+    tokens = 100 + 30 * torch.randn(2, 16, 128, device=device)  # large norms, as CLIP's hidden states have
+    with torch.autocast(device, dtype=torch.bfloat16):
+        under_autocast = (pairwise_squared_distances(tokens), cosine_similarity_matrix(tokens))
+    for value, expected in zip(under_autocast, (pairwise_squared_distances(tokens), cosine_similarity_matrix(tokens))):
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, expected)
+    image, text_embeds = torch.randn(1, 3, 96, 128), torch.randn(6, 32)
+    with torch.no_grad():
+        reference = model(pixel_values=image, text_embeds=text_embeds).logits
+        with torch.autocast(device, dtype=torch.bfloat16):
+            logits = on_device(model, device)(pixel_values=image, text_embeds=text_embeds).logits.cpu()
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
     assert (logits - reference).abs().mean() < 0.05
     assert (logits.argmax(1) == reference.argmax(1)).float().mean() > 0.8
