@@ -357,7 +357,8 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
                 `(num_channels, height_i, width_i)` tensors for images of different sizes):
                 Normalised images (see `SCCLIPImageProcessor`). Any size of at least one patch: windows of
                 `config.slide_crop_size` pixels slide with `config.slide_stride`, and all windows of all images go
-                through the encoder together, `config.window_batch_size` at a time.
+                through the encoder together, `config.window_batch_size` at a time. Moved to the model's device and
+                dtype here.
             text_embeds (`torch.Tensor` of shape `(num_queries, projection_dim)`, *optional*):
                 One embedding per query, e.g. `SCCLIPProcessor.encode_labels(...).text_embeds`; normalised here.
             input_ids (`torch.Tensor` of shape `(num_queries, sequence_length)`, *optional*):

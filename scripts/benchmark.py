@@ -27,7 +27,8 @@ Python, libraries), i.e. the memory the inference itself needs at its peak; the 
 The per-stage breakdown of (b) comes from `torch.profiler`: the model labels its stages with
 `torch.profiler.record_function("scclip/<stage>")` and the breakdown lists each label's time as a share of the
 profiled run. Finally the text-tower check counts, with a forward hook, how often `SCCLIPProcessor.encode_labels`
-runs the text tower when the same labels are segmented again.
+runs the text tower when the same labels are segmented again, and on CUDA, with torch's sync debug mode, how often
+each case makes the host wait for the GPU. `--window-batch-size` sets the windows per encoder pass of (a) and (b).
 
 Example (from the repository root, with the package installed or the root on `PYTHONPATH`):
 
