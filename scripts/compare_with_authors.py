@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, help="Write the results as JSON to this file.")
     args = parser.parse_args(argv)
-    torch.backends.cudnn.allow_tf32 = not args.no_tf32
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
     results = [compare(name, size, args) for name in args.models for size in args.sizes]
     command = " ".join(["python scripts/compare_with_authors.py", *(sys.argv[1:] if argv is None else argv)])
     print(markdown(results, command))

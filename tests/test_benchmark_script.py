@@ -198,7 +198,7 @@ def test_host_synchronizations_are_counted_on_cuda(device):
     def two_reads():
         return values.sum().item() + values.max().item()
 
-    # launches_only first: turning the debug mode on the first time also warns that it is a prototype.
+    # Turning the debug mode on also warns, once, that it is a prototype: that warning is no wait and is not counted.
     launches_only, two_reads = (
         benchmark.count_host_synchronizations(run, device) for run in (launches_only, two_reads)
     )

@@ -1,6 +1,5 @@
 """SC-CLIP's computation against straightforward reimplementations of the spec (per token, per window, per image)."""
 
-import copy
 import math
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.neighbors import LocalOutlierFactor
-from tiny_models import DEVICES, full_float32, tiny_clip_model, tiny_scclip_config
+from tiny_models import DEVICES, full_float32, on_device, tiny_clip_model, tiny_scclip_config
 from transformers import AutoConfig, AutoModel
 
 from modeling_scclip import SCCLIPConfig, SCCLIPForSemanticSegmentation
@@ -39,11 +38,6 @@ def model(clip):
 
 def make_model(clip, **overrides):
     return SCCLIPForSemanticSegmentation.from_clip(clip, **{**TINY_OVERRIDES, **overrides})
-
-
-def on_device(model, device):
-    """`model` on `device`; a copy off the CPU, so that the shared fixture stays where the other tests expect it."""
-    return model if device == "cpu" else copy.deepcopy(model).to(device)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """The zero-shot segmentation pipeline, end to end on a tiny SC-CLIP checkpoint loaded with trust_remote_code."""
 
-import copy
 import functools
 import json
 import threading
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import DEVICES, full_float32, tiny_clip_model, tiny_tokenizer
+from tiny_models import DEVICES, full_float32, on_device, tiny_clip_model, tiny_tokenizer
 from transformers import pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
@@ -229,8 +228,9 @@ def test_pipeline_on_every_device_equals_the_cpu_computation(reference, device):
     label_map, probabilities, class_names = direct_segmentation(
         model, processor, scene_image(), LABELS, pamr_images=processor(images=scene_image())["pixel_values"]
     )
-    # A copy: the pipeline moves its model to the device, and the fixture's model must stay on the CPU.
-    segmenter = pipeline(ZERO_SHOT_IMAGE_SEGMENTATION, model=copy.deepcopy(model), processor=processor, device=device)
+    segmenter = pipeline(
+        ZERO_SHOT_IMAGE_SEGMENTATION, model=on_device(model, device), processor=processor, device=device
+    )
     assert segmenter.model.device.type == device
     with full_float32(device):
         segments = segmenter(scene_image(), candidate_labels=LABELS, pamr=True)

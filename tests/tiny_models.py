@@ -1,6 +1,7 @@
 """Tiny, randomly initialised CLIP/SC-CLIP models and a tiny CLIP tokenizer, made offline for the tests."""
 
 import contextlib
+import copy
 import string
 
 import torch
@@ -30,6 +31,11 @@ TINY_TEXT = dict(
 PROJECTION_DIM = 32
 # The end-to-end tests run on every device this machine has: CPU in CI, CPU and CUDA on a GPU machine.
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def on_device(model, device: str):
+    """`model` on `device`; a copy off the CPU, so that a shared fixture stays where the other tests expect it."""
+    return model if device == "cpu" else copy.deepcopy(model).to(device)
 
 
 def full_float32(device: str):
