@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 from transformers import CLIPModel, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
-from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPEncoderLayer, CLIPVisionEmbeddings
+from transformers.activations import QuickGELUActivation
+from transformers.models.clip.modeling_clip import CLIPMLP, CLIPEncoder, CLIPEncoderLayer, CLIPVisionEmbeddings
 from transformers.utils import ModelOutput
 
 from .configuration_scclip import SCCLIPConfig, scclip_preset
@@ -141,6 +142,21 @@ def similarity_attention(similarity: torch.Tensor, temperature: float) -> torch.
     return logits.masked_fill(negative, float("-inf")).softmax(dim=-1)
 
 
+class InPlaceQuickGELU(nn.Module):
+    """
+    CLIP's QuickGELU, x * sigmoid(1.702 * x), with the same values, written into its input when no gradient is
+    recorded. The MLP's hidden activation is the largest tensor of a batch of windows: one temporary of its size
+    instead of two saves memory traffic and, on CPU, the page faults of a fresh buffer (10% of ViT-L/14's encoder
+    time with 8 windows per pass).
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        gate = torch.mul(hidden_states, 1.702).sigmoid_()
+        if torch.is_grad_enabled() and hidden_states.requires_grad:
+            return hidden_states * gate
+        return hidden_states.mul_(gate)
+
+
 def window_starts(length: int, crop: int, stride: int) -> list[int]:
     """Start offsets of the sliding windows along one axis (MMSegmentation's slide inference)."""
     num_windows = max(length - crop + stride - 1, 0) // stride + 1
@@ -215,6 +231,9 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
         self.visual_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
         self.text_model = CLIPTextModel._from_config(config.text_config)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        for module in self.modules():
+            if isinstance(module, CLIPMLP) and isinstance(module.activation_fn, QuickGELUActivation):
+                module.activation_fn = InPlaceQuickGELU()
         self.post_init()
 
     def _init_weights(self, module):

@@ -9,9 +9,12 @@ import torch.nn.functional as F
 from sklearn.neighbors import LocalOutlierFactor
 from tiny_models import DEVICES, full_float32, on_device, tiny_clip_model, tiny_scclip_config
 from transformers import AutoConfig, AutoModel
+from transformers.activations import QuickGELUActivation
+from transformers.models.clip.modeling_clip import CLIPMLP
 
 from modeling_scclip import SCCLIPConfig, SCCLIPForSemanticSegmentation
 from modeling_scclip.modeling_scclip import (
+    InPlaceQuickGELU,
     aggregation_operator,
     cosine_similarity_matrix,
     pairwise_squared_distances,
@@ -441,6 +444,29 @@ def test_plain_clip_features_equal_clip(clip, model):
             clip.visual_projection(clip.vision_model.post_layernorm(tokens)).transpose(1, 2).reshape(2, 32, 8, 8)
         )
         torch.testing.assert_close(model.get_plain_clip_dense_features(window), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_in_place_quick_gelu_equals_clip_activation(dtype, device):
+    torch.manual_seed(23)
+    hidden_states = (4 * torch.randn(3, 7, 64)).to(device=device, dtype=dtype)
+    expected = QuickGELUActivation()(hidden_states)
+    buffer = hidden_states.clone()
+    with torch.no_grad():
+        result = InPlaceQuickGELU()(buffer)
+    assert torch.equal(result, expected) and result.data_ptr() == buffer.data_ptr()
+    # With autograd recording, the input is left intact and the gradient is QuickGELU's.
+    inputs = [hidden_states.float().requires_grad_() for _ in range(2)]
+    for activation, leaf in zip((QuickGELUActivation(), InPlaceQuickGELU()), inputs):
+        activation(leaf * 1).sum().backward()
+    torch.testing.assert_close(inputs[1].grad, inputs[0].grad, rtol=0, atol=0)
+
+
+def test_every_quick_gelu_mlp_runs_in_place(model):
+    mlps = [module for module in model.modules() if isinstance(module, CLIPMLP)]
+    assert len(mlps) == model.config.num_hidden_layers + model.config.text_config.num_hidden_layers
+    assert all(isinstance(mlp.activation_fn, InPlaceQuickGELU) for mlp in mlps)
 
 
 @pytest.mark.parametrize("device", DEVICES)
