@@ -8,7 +8,15 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, CLIPVisionConfig
+from transformers.utils.versions import require_version
 
+
+# The oldest transformers with what SCCLIPConfig is built on (`sub_configs_defaults`, from 5.21). Older 5.x releases
+# fail on this file with errors that do not name the cause, and Hub users (trust_remote_code) get no pip check.
+TRANSFORMERS_REQUIREMENT = "transformers>=5.21,<6"
+require_version(
+    TRANSFORMERS_REQUIREMENT, f"SC-CLIP needs {TRANSFORMERS_REQUIREMENT}: pip install '{TRANSFORMERS_REQUIREMENT}'"
+)
 
 ANOMALY_DETECTORS = ("lof", "standard_lof", "l2_norm")
 

@@ -1,6 +1,10 @@
 """Loading SC-CLIP from CLIP or SC-CLIP checkpoints, and the `--set name=value` settings the scripts share."""
 
+import configparser
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +12,7 @@ from tiny_models import TINY_SCCLIP, save_tiny_clip
 from transformers import CLIPModel
 
 from modeling_scclip import SCCLIPConfig, SCCLIPForSemanticSegmentation
-from modeling_scclip.configuration_scclip import SCCLIP_SETTINGS, parse_scclip_settings
+from modeling_scclip.configuration_scclip import SCCLIP_SETTINGS, TRANSFORMERS_REQUIREMENT, parse_scclip_settings
 from modeling_scclip.loading_scclip import load_scclip_model_and_processor
 from modeling_scclip.processing_scclip import SCCLIPProcessor
 
@@ -101,3 +105,23 @@ def test_unknown_model_types_and_missing_checkpoints_are_explained(tmp_path):
         load_scclip_model_and_processor(str(tmp_path))
     with pytest.raises(OSError, match="(?s)Could not load the model .*no local folder.*pass a local folder instead"):
         load_scclip_model_and_processor(str(tmp_path / "missing"))
+
+
+def test_the_package_requires_the_transformers_it_checks_at_import():
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).parents[1] / "setup.cfg")
+    assert TRANSFORMERS_REQUIREMENT in setup["options"]["install_requires"].split()
+
+
+def test_an_older_transformers_is_named_at_import():
+    # The installed transformers reports itself as 5.20.2, the release before the oldest that works.
+    script = (
+        "import importlib.metadata as metadata\n"
+        "version = metadata.version\n"
+        "metadata.version = lambda name: '5.20.2' if name == 'transformers' else version(name)\n"
+        "import modeling_scclip\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert completed.returncode == 1
+    assert f"SC-CLIP needs {TRANSFORMERS_REQUIREMENT}" in completed.stderr
+    assert "found transformers==5.20.2" in completed.stderr
