@@ -298,6 +298,11 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
             `torch.Tensor` of shape `(batch_size, projection_dim, height // patch_size, width // patch_size)`.
         """
         grid = self._check_window_pixels(pixel_values)
+        # Computed in a function of its own, so that its intermediates are freed before the projection.
+        return self._project_to_feature_map(self._self_calibrated_patch_tokens(pixel_values, grid), grid)
+
+    def _self_calibrated_patch_tokens(self, pixel_values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """SC-CLIP's final patch tokens `(B, N, D)`, before the post-LayerNorm and the projection."""
         config = self.config
         with record_function("scclip/encoder"):
             kept, fused = self._encode_until_last_layer(pixel_values)
@@ -334,7 +339,7 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
                 features = _sum_aggregated(features, features_fused + weight * fused[:, :1], post_aggregation)
         elif post_aggregation is not None:
             features = post_aggregation @ features
-        return self._project_to_feature_map(features, grid)
+        return features
 
     def get_plain_clip_dense_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """
