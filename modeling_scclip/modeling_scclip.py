@@ -104,16 +104,18 @@ def resolve_anomalies(tokens: torch.Tensor, anomalies: torch.Tensor, grid: tuple
     """
     batch_size, _, dim = tokens.shape
     height, width = grid
-    feature_map = tokens.transpose(1, 2).reshape(batch_size, dim, height, width)
+    # A (B, D, H, W) view in channels-last memory: no copy, and the result is (B, N, D) again without one.
+    feature_map = tokens.reshape(batch_size, height, width, dim).permute(0, 3, 1, 2)
     valid = (~anomalies).to(tokens.dtype).reshape(batch_size, 1, height, width)
-    valid_features = feature_map * valid
-    # 3x3 sums with zero padding, minus the centre: the sum and count of each token's valid neighbours.
-    neighbor_sum = F.avg_pool2d(valid_features, 3, stride=1, padding=1, divisor_override=1) - valid_features
+    # 3x3 sums with zero padding, minus the centre: the sum and count of each token's valid neighbours. In place
+    # where possible: with several layers side by side the feature maps are the largest tensors of this step.
+    neighbor_mean = F.avg_pool2d(feature_map * valid, 3, stride=1, padding=1, divisor_override=1)
+    neighbor_mean.addcmul_(feature_map, valid, value=-1)
     neighbor_count = F.avg_pool2d(valid, 3, stride=1, padding=1, divisor_override=1) - valid
-    neighbor_mean = neighbor_sum / neighbor_count.clamp_min(1)
-    replace = (1 - valid) * (neighbor_count > 0)
-    resolved = feature_map * (1 - replace) + neighbor_mean * replace
-    return resolved.reshape(batch_size, dim, height * width).transpose(1, 2)
+    neighbor_mean /= neighbor_count.clamp_min(1)
+    replace = (valid == 0) & (neighbor_count > 0)
+    resolved = torch.where(replace, neighbor_mean, feature_map)
+    return resolved.permute(0, 2, 3, 1).reshape(batch_size, height * width, dim)
 
 
 def cosine_similarity_matrix(tokens: torch.Tensor) -> torch.Tensor:
@@ -304,10 +306,31 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
     def _self_calibrated_patch_tokens(self, pixel_values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """SC-CLIP's final patch tokens `(B, N, D)`, before the post-LayerNorm and the projection."""
         config = self.config
+        patches, cls_token, fused, enhancement, post_aggregation = self._final_layer_inputs(pixel_values, grid)
+        final_layer = self.encoder.layers[-1]
+        weight = config.cls_residual_weight
+        with record_function("scclip/final_attention"):
+            features = final_layer.self_calibrated_attention(patches, enhancement) + weight * cls_token
+        if config.use_multi_level_fusion:
+            with record_function("scclip/fusion"):
+                features_fused = final_layer.self_calibrated_attention(fused[:, 1:], enhancement)
+                features = _sum_aggregated(features, features_fused + weight * fused[:, :1], post_aggregation)
+        elif post_aggregation is not None:
+            features = post_aggregation @ features
+        return features
+
+    def _final_layer_inputs(self, pixel_values: torch.Tensor, grid: tuple[int, int]) -> tuple:
+        """
+        Layers 1..L-1, anomaly resolution and the similarity matrices: the patch tokens and CLS token of the final
+        attention, the fusion layers' sum, the enhancement weights and the post-attention aggregation. The kept
+        hidden states are freed when this returns, before the final attention.
+        """
+        config = self.config
         with record_function("scclip/encoder"):
             kept, fused = self._encode_until_last_layer(pixel_values)
         last = kept[config.num_hidden_layers - 1]
-        patches, cls_token = last[:, 1:], last[:, :1]
+        # A copy: a view of the CLS token would keep the whole layer alive.
+        patches, cls_token = last[:, 1:], last[:, :1].clone()
         pre_patches = kept[config.pre_adjust_layer][:, 1:]
         if config.use_anomaly_resolution:
             with record_function("scclip/lof"):
@@ -329,17 +352,7 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
                 post_similarity = cosine_similarity_matrix(kept[config.post_adjust_layer][:, 1:])
                 post_aggregation = aggregation_operator(post_similarity, threshold).to(patches.dtype)
                 patches = aggregation_operator(pre_similarity, threshold).to(patches.dtype) @ patches
-        final_layer = self.encoder.layers[-1]
-        weight = config.cls_residual_weight
-        with record_function("scclip/final_attention"):
-            features = final_layer.self_calibrated_attention(patches, enhancement) + weight * cls_token
-        if config.use_multi_level_fusion:
-            with record_function("scclip/fusion"):
-                features_fused = final_layer.self_calibrated_attention(fused[:, 1:], enhancement)
-                features = _sum_aggregated(features, features_fused + weight * fused[:, :1], post_aggregation)
-        elif post_aggregation is not None:
-            features = post_aggregation @ features
-        return features
+        return patches, cls_token, fused, enhancement, post_aggregation
 
     def get_plain_clip_dense_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """

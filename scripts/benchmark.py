@@ -54,6 +54,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from tqdm.auto import tqdm
 from transformers import CLIPTokenizer
@@ -229,14 +230,16 @@ class ResidentSetPeak:
 
 
 def tensor_peak_bytes(run: Callable) -> int:
-    """The most bytes that tensors allocated by one call of `run` held at once, from the profiler's memory events."""
+    """The most bytes that tensors allocated by one call of `run` held at once, from the profiler's memory records."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
         run()
-    # Allocations are attributed to the op that made them (its own share: children count for themselves), frees
-    # to "[memory]" events; in time order their running sum is the bytes held.
+    # The raw records, one per allocation (+) or free (-): in time order their running sum is the bytes held.
+    # (`profiler.events()` folds each record into the innermost event around it, a record_function label too, and
+    # sorted by event start a label's frees would all come first, before the allocations they follow.)
     changes = sorted(
-        (event.time_range.start, event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage)
-        for event in profiler.events()
+        (record.start_ns(), record.nbytes())
+        for record in profiler.profiler.kineto_results.events()
+        if record.name() == "[memory]" and record.device_type() == DeviceType.CPU
     )
     return max(itertools.accumulate((change for _, change in changes), initial=0))
 

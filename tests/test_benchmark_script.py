@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_models import DEVICES
+from torch.profiler import record_function
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 
@@ -176,7 +177,13 @@ def test_tensor_peak_counts_what_is_held_at_once():
         third = torch.ones(4 * MIB // 4) * 2  # 4 MiB, then 4 more for the product: 16 held
         return second, third
 
+    def allocate_under_a_label():
+        # As the model's stage labels do: frees outside any op happen inside a record_function range.
+        with record_function("stage"):
+            return allocate()
+
     assert benchmark.tensor_peak_bytes(allocate) / MIB == pytest.approx(16, abs=0.01)
+    assert benchmark.tensor_peak_bytes(allocate_under_a_label) / MIB == pytest.approx(16, abs=0.01)
 
 
 def test_cpu_peak_memory_counts_a_known_allocation_every_time():
