@@ -486,7 +486,7 @@ def memory_method(device: torch.device, rss: ResidentSetPeak) -> str:
         return "increase of torch.cuda.max_memory_allocated over the memory allocated before the run"
     if rss.available:
         return (
-            "peak of the bytes held by tensors during the run (profiler memory events); RSS: increase of the "
+            "peak of the bytes held by tensors during the run (profiler memory records); RSS: increase of the "
             f"resident-set high-water mark over the resident set before the run, median of {MEMORY_RUNS} runs"
         )
     return "not measured (the CPU measurement needs Linux with glibc)"
