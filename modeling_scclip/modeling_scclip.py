@@ -300,11 +300,6 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
             `torch.Tensor` of shape `(batch_size, projection_dim, height // patch_size, width // patch_size)`.
         """
         grid = self._check_window_pixels(pixel_values)
-        # Computed in a function of its own, so that its intermediates are freed before the projection.
-        return self._project_to_feature_map(self._self_calibrated_patch_tokens(pixel_values, grid), grid)
-
-    def _self_calibrated_patch_tokens(self, pixel_values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """SC-CLIP's final patch tokens `(B, N, D)`, before the post-LayerNorm and the projection."""
         config = self.config
         patches, cls_token, fused, enhancement, post_aggregation = self._final_layer_inputs(pixel_values, grid)
         final_layer = self.encoder.layers[-1]
@@ -317,7 +312,7 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
                 features = _sum_aggregated(features, features_fused + weight * fused[:, :1], post_aggregation)
         elif post_aggregation is not None:
             features = post_aggregation @ features
-        return features
+        return self._project_to_feature_map(features, grid)
 
     def _final_layer_inputs(self, pixel_values: torch.Tensor, grid: tuple[int, int]) -> tuple:
         """
