@@ -30,6 +30,12 @@ profiled run. Finally the text-tower check counts, with a forward hook, how ofte
 runs the text tower when the same labels are segmented again, and on CUDA, with torch's sync debug mode, how often
 each case makes the host wait for the GPU. `--window-batch-size` sets the windows per encoder pass of (a) and (b).
 
+With `--dtype bfloat16|float16` the weights are cast to that dtype; with `--autocast` as well, they stay float32 and
+the cases run under `torch.autocast` to that dtype (half-precision matrix products; LayerNorm, softmax and the residual
+stream in float32). Either way, the labels of (b) and of (a) are compared with float32's on the same weights and
+inputs, with the number of labels the float32 map has: random weights make SC-CLIP's maps nearly uniform (the CLS
+residual dominates every pixel's feature), and such a map agrees wherever no pixel is near a tie.
+
 Example (from the repository root, with the package installed or the root on `PYTHONPATH`):
 
     python scripts/benchmark.py --models vit-b16 --sizes 336x448 --repeats 5 \
@@ -54,6 +60,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from tqdm.auto import tqdm
@@ -98,6 +105,8 @@ MODEL_SHAPES = {
 # Only the vision tower is timed: the text tower is kept tiny, just big enough to run the text-tower check.
 TEXT_TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 1}
 CASES = ("plain_clip", "scclip_batched", "scclip_one_window")
+# The cases whose half-precision labels are compared with float32's, and their titles in the markdown.
+AGREEMENT_CASES = {"scclip_batched": "(b) SC-CLIP", "plain_clip": "(a) plain CLIP"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STAGE_PREFIX = "scclip/"
 # The stages that SC-CLIP adds on top of plain CLIP's computation, whose total the issue bounds.
@@ -171,18 +180,18 @@ def window_batch_size(model: SCCLIPForSemanticSegmentation, size: int):
 
 
 def benchmark_cases(model, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> dict[str, Callable[[], object]]:
-    """The three cases of the benchmark, each a call that segments `pixel_values` once."""
+    """The three cases of the benchmark, each a call that segments `pixel_values` once and returns the logits."""
 
     def plain_clip():
         # SC-CLIP's own slide inference and canvas, with plain CLIP's features of every window.
         return model.slide_inference(pixel_values, text_embeds, dense_features=model.get_plain_clip_dense_features)
 
     def scclip_batched():
-        return model(pixel_values, text_embeds=text_embeds)
+        return model(pixel_values, text_embeds=text_embeds).logits
 
     def scclip_one_window():
         with window_batch_size(model, 1):
-            return model(pixel_values, text_embeds=text_embeds)
+            return model(pixel_values, text_embeds=text_embeds).logits
 
     return {"plain_clip": plain_clip, "scclip_batched": scclip_batched, "scclip_one_window": scclip_one_window}
 
@@ -341,14 +350,21 @@ def memory_ratio(cases: dict, measure: str) -> float | None:
     return ratio(batched, plain)
 
 
+def paired_time_ratio(cases: dict, numerator: str, denominator: str) -> float:
+    """The median over repeats of the two cases' time ratio within each repeat, where they ran side by side."""
+    pairs = zip(cases[numerator]["times_ms"], cases[denominator]["times_ms"])
+    return statistics.median(numerator_ms / denominator_ms for numerator_ms, denominator_ms in pairs)
+
+
 def result_ratios(cases: dict) -> dict:
-    """(b)/(a) and (c)/(b) times; (b)/(a) memory: tensor peaks where measured (CPU), else the memory increase."""
+    """
+    (b)/(a) and (c)/(b) times, each the median of the repeats' own ratios (this cancels the slow drifts of a shared
+    machine's speed); (b)/(a) memory: tensor peaks where measured (CPU), else the memory increase.
+    """
     tensor_ratio = memory_ratio(cases, "tensor_peak_mib")
     return {
-        "time_batched_over_plain": ratio(cases["scclip_batched"]["ms_per_image"], cases["plain_clip"]["ms_per_image"]),
-        "time_one_window_over_batched": ratio(
-            cases["scclip_one_window"]["ms_per_image"], cases["scclip_batched"]["ms_per_image"]
-        ),
+        "time_batched_over_plain": paired_time_ratio(cases, "scclip_batched", "plain_clip"),
+        "time_one_window_over_batched": paired_time_ratio(cases, "scclip_one_window", "scclip_batched"),
         "memory_batched_over_plain": tensor_ratio if tensor_ratio is not None else memory_ratio(cases, "increase_mib"),
         "resident_memory_batched_over_plain": memory_ratio(cases, "increase_mib"),
     }
@@ -370,22 +386,72 @@ def dense_features_replaced(model: SCCLIPForSemanticSegmentation, replacements: 
             del model.__dict__[name]
 
 
-def label_agreement(model, reference, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> dict:
+def label_agreement(logits: torch.Tensor, reference_logits: torch.Tensor) -> dict:
     """
-    Share of pixels whose label (best query) from `model` equals the float32 `reference` model's on the same input,
-    and how close to a tie the changed pixels were: their largest float32 margin between the best and second-best
-    query, beside the median margin of all pixels.
+    Share of pixels whose label (best query) in `logits` equals the float32 `reference_logits`' label; how close to
+    a tie the changed pixels were (their largest float32 margin between the best and second-best query, beside the
+    median margin of all pixels); how many labels the float32 map has, and the most frequent one's share of the
+    pixels (a map of one label agrees wherever no pixel is near a tie, so its agreement says little); and the mean
+    and largest absolute difference of the logits, which do not depend on ties.
     """
-    labels = model(pixel_values, text_embeds=text_embeds).logits.argmax(dim=1)
-    reference_logits = reference(pixel_values, text_embeds=text_embeds).logits
     top_two = reference_logits.topk(2, dim=1).values
     margins = top_two[:, 0] - top_two[:, 1]
-    changed = labels != reference_logits.argmax(dim=1)
+    reference_labels = reference_logits.argmax(dim=1)
+    changed = logits.argmax(dim=1) != reference_labels
+    label_counts = torch.bincount(reference_labels.flatten(), minlength=reference_logits.shape[1])
     return {
         "percent": 100 * (1 - changed.float().mean().item()),
         "changed_pixels_max_float32_margin": margins[changed].max().item() if changed.any() else None,
         "median_float32_margin": margins.median().item(),
+        "float32_labels_used": int((label_counts > 0).sum().item()),
+        "float32_most_frequent_label_percent": 100 * label_counts.max().item() / reference_labels.numel(),
+        "mean_abs_logit_difference": (logits - reference_logits).abs().mean().item(),
+        "max_abs_logit_difference": (logits - reference_logits).abs().max().item(),
     }
+
+
+def half_precision_agreement(model, reference, pixel_values, text_embeds, precision: Callable) -> dict:
+    """
+    `label_agreement` of SC-CLIP (b) and, for comparison, of plain CLIP (a): `model` under `precision()` against the
+    float32 `reference` (the same weights), both given the same float32 inputs.
+    """
+    low, high = (benchmark_cases(net, pixel_values, text_embeds) for net in (model, reference))
+    dense_features = {
+        "scclip_batched": reference.get_dense_image_features,
+        "plain_clip": reference.get_plain_clip_dense_features,
+    }
+    window = first_window(pixel_values, reference.config)
+    agreement = {}
+    for name, features in dense_features.items():
+        with precision():
+            logits = low[name]()
+        agreement[name] = label_agreement(logits, high[name]())
+        agreement[name]["float32_least_feature_cosine"] = least_feature_cosine(features(window))
+    return agreement
+
+
+def first_window(pixel_values: torch.Tensor, config: SCCLIPConfig) -> torch.Tensor:
+    """The top-left sliding window of the first image, cut to whole patches."""
+    height, width = (
+        min(config.slide_crop_size, side) // config.patch_size * config.patch_size for side in pixel_values.shape[-2:]
+    )
+    return pixel_values[:1, :, :height, :width]
+
+
+def least_feature_cosine(feature_map: torch.Tensor) -> float:
+    """
+    The smallest cosine similarity between two pixels' features in a `(1, dim, height, width)` map: close to 1 when one
+    component (SC-CLIP's CLS residual, with random weights) dominates every pixel's feature.
+    """
+    features = F.normalize(feature_map[0].flatten(1).float(), dim=0)
+    return (features.T @ features).min().item()
+
+
+def computation_precision(device: torch.device, dtype: torch.dtype, autocast: bool) -> Callable:
+    """A context factory: `torch.autocast` to `dtype` under `--autocast` (float32 weights), else no change."""
+    if autocast:
+        return lambda: torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext
 
 
 def count_host_synchronizations(run: Callable, device: torch.device) -> int | None:
@@ -411,22 +477,24 @@ def benchmark_size(model, size, args, device, dtype, rss, compiled: dict[str, Ca
     generator = torch.Generator().manual_seed(args.seed)
     float32_pixel_values = torch.randn(args.batch_size, 3, *size, generator=generator).to(device)
     text_embeds = torch.randn(args.num_queries, model.config.projection_dim, generator=generator).to(device)
-    pixel_values = float32_pixel_values.to(dtype)
-    cases = benchmark_cases(model, pixel_values, text_embeds.to(dtype))
-    with dense_features_replaced(model, compiled):
+    # Half-precision weights get half-precision inputs; under autocast, weights and inputs stay float32.
+    input_dtype = torch.float32 if args.autocast else dtype
+    cases = benchmark_cases(model, float32_pixel_values.to(input_dtype), text_embeds.to(input_dtype))
+    precision = computation_precision(device, dtype, args.autocast)
+    with dense_features_replaced(model, compiled), precision():
         times = time_cases(cases, device, args.warmup, args.repeats)
         memory = {name: measure_peak_memory(run, device, rss) for name, run in cases.items()}
         waits = {name: count_host_synchronizations(run, device) for name, run in cases.items()}
+        # Eager, also under --compile: compiled code drops the profiler's stage labels.
+        stages = profile_stages(cases["scclip_batched"], device, args.profile_runs)
     summaries = {name: summarise_case(times[name], memory[name], waits[name], args.batch_size) for name in cases}
-    # Eager, also under --compile: compiled code drops the profiler's stage labels.
-    stages = profile_stages(cases["scclip_batched"], device, args.profile_runs)
     ratios = result_ratios(summaries)
     met = targets_met(ratios, stages)
     agreement = None
     if reference is not None:
-        # Both models get the same float32 inputs; the half-precision one casts them itself.
-        agreement = label_agreement(model, reference, float32_pixel_values, text_embeds)
-        met["label_agreement_with_float32"] = agreement["percent"] >= MIN_LABEL_AGREEMENT_PERCENT
+        # Both models get the same float32 inputs; half-precision weights cast them themselves.
+        agreement = half_precision_agreement(model, reference, float32_pixel_values, text_embeds, precision)
+        met["label_agreement_with_float32"] = agreement["scclip_batched"]["percent"] >= MIN_LABEL_AGREEMENT_PERCENT
     return {
         "height": size[0],
         "width": size[1],
@@ -447,9 +515,10 @@ def benchmark_model(name: str, args, device, dtype, rss) -> dict:
     labels = [f"class {index}" for index in range(args.num_queries)]
     # Counted in float32 before any cast or compilation: the check is about caching, not speed.
     text_tower_runs = count_text_tower_runs(model, processor, labels, torch.randn(1, 3, crop, crop), rounds=3)
-    # Half-precision labels are checked against the same weights in float32.
-    reference = copy.deepcopy(model).to(device) if dtype != torch.float32 else None
-    model.to(device=device, dtype=dtype)
+    # Half-precision labels are checked against the same weights in float32: under autocast, the model itself.
+    model.to(device)
+    reference = None if dtype == torch.float32 else model if args.autocast else copy.deepcopy(model)
+    model.to(dtype=torch.float32 if args.autocast else dtype)
     # Both cases compile their per-window features alike; the slide loop and canvas stay eager in both.
     feature_methods = ("get_dense_image_features", "get_plain_clip_dense_features")
     compiled = {method: torch.compile(getattr(model, method)) for method in feature_methods} if args.compile else {}
@@ -460,16 +529,26 @@ def benchmark_model(name: str, args, device, dtype, rss) -> dict:
     return {"model": name, "config": model.config.to_diff_dict(), "text_tower_runs": text_tower_runs, "sizes": sizes}
 
 
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's model name (Linux's /proc/cpuinfo; `platform.processor()` is empty there), else "cpu"."""
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or "cpu"
+
+
 def environment(args, device: torch.device, rss: ResidentSetPeak, argv: list[str]) -> dict:
     return {
         "command": " ".join(["python", "scripts/benchmark.py", *argv]),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "device_type": device.type,
         "threads": torch.get_num_threads(),
         "dtype": args.dtype,
+        "autocast": args.autocast,
         "compile": args.compile,
         "batch_size": args.batch_size,
         "window_batch_size": args.window_batch_size,
@@ -524,15 +603,51 @@ def stage_rows(model: str, size: str, stages: dict) -> list[str]:
     return [f"| {model} | {size} | {stage} | {ms} | {percent} |" for stage, ms, percent in rows]
 
 
-def agreement_line(name: str, agreement: dict, env: dict) -> str:
-    line = f"- {name}: {agreement['percent']:.3f}% of the pixels get the same label in {env['dtype']} as in float32"
-    if agreement["changed_pixels_max_float32_margin"] is not None:
-        line += (
-            f"; the changed pixels were near-ties, float32 top-2 logit margin at most "
-            f"{agreement['changed_pixels_max_float32_margin']:.2e} (median margin of all pixels "
-            f"{agreement['median_float32_margin']:.2e})"
-        )
-    return line
+def precision_name(env: dict) -> str:
+    return f"{env['dtype']} autocast (float32 weights)" if env["autocast"] else env["dtype"]
+
+
+def agreement_rows(model: str, size: str, agreement: dict) -> list[str]:
+    """Rows of the half-precision table: SC-CLIP's and plain CLIP's agreement with float32 at one model and size."""
+    rows = []
+    for name, title in AGREEMENT_CASES.items():
+        case = agreement[name]
+        cells = [
+            model,
+            size,
+            title,
+            f"{case['percent']:.3f}%",
+            str(case["float32_labels_used"]),
+            f"{case['float32_most_frequent_label_percent']:.1f}%",
+            "–"
+            if case["changed_pixels_max_float32_margin"] is None
+            else f"{case['changed_pixels_max_float32_margin']:.2e}",
+            f"{case['median_float32_margin']:.2e}",
+            f"{case['mean_abs_logit_difference']:.2e}",
+            f"{case['max_abs_logit_difference']:.2e}",
+            f"{case['float32_least_feature_cosine']:.4f}",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def agreement_section(rows: list[str], env: dict) -> list[str]:
+    if not rows:
+        return []
+    return [
+        f"## {precision_name(env)} against float32 (same weights and inputs)",
+        "",
+        "A float32 map of one label agrees wherever no pixel is near a tie: read the share with the map's labels. "
+        "A least cosine near 1 means that one component dominates every pixel's feature (with random weights, "
+        "SC-CLIP's CLS residual), so that labels hang on small differences.",
+        "",
+        "| model | size | case | labels as in float32 | float32 map: labels | most frequent label "
+        "| changed pixels' largest float32 top-2 margin | median float32 top-2 margin | mean abs logit difference "
+        "| max abs logit difference | float32 features: least cosine of two pixels (first window) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+    ]
 
 
 def markdown_report(report: dict) -> str:
@@ -544,9 +659,7 @@ def markdown_report(report: dict) -> str:
             summary.append(summary_row(result["model"], size, entry))
             stages.extend(stage_rows(result["model"], size, entry["stages"]))
             if entry["label_agreement_with_float32"] is not None:
-                agreement.append(
-                    agreement_line(f"{result['model']} {size}", entry["label_agreement_with_float32"], env)
-                )
+                agreement.extend(agreement_rows(result["model"], size, entry["label_agreement_with_float32"]))
             if entry["cases"]["scclip_batched"]["host_synchronizations"] is not None:
                 counts = ", ".join(f"{name} {entry['cases'][name]['host_synchronizations']}" for name in CASES)
                 waits.append(f"- {result['model']} {size}: {counts}")
@@ -558,7 +671,7 @@ def markdown_report(report: dict) -> str:
             "",
             f"`{env['command']}`",
             "",
-            f"{env['device']} ({env['device_type']}, {env['threads']} threads), {env['dtype']}, "
+            f"{env['device']} ({env['device_type']}, {env['threads']} threads), {precision_name(env)}, "
             f"batch {env['batch_size']}, {env['window_batch_size']} windows per encoder pass, "
             f"{env['num_queries']} queries, torch.compile {'on' if env['compile'] else 'off'}, "
             f"torch {env['torch']}; median of {env['repeats']} runs after {env['warmup']} warm-up runs. "
@@ -579,7 +692,7 @@ def markdown_report(report: dict) -> str:
             "",
             *text_tower,
             "",
-            *(["## Half precision against float32", "", *agreement, ""] if agreement else []),
+            *agreement_section(agreement, env),
             *(["## Host waits for the GPU per segmentation (CUDA sync debug mode)", "", *waits, ""] if waits else []),
         ]
     )
@@ -593,6 +706,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sizes", nargs="+", default=["336x448", "336x500", "560x1120"], help="HEIGHTxWIDTH")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument(
+        "--autocast",
+        action="store_true",
+        help="keep float32 weights and run under torch.autocast to --dtype (bfloat16 or float16) instead of casting",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile both cases' per-window dense features")
     parser.add_argument("--batch-size", type=int, default=1, help="images per call, all of the same size")
     parser.add_argument(
@@ -618,6 +736,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if args.warmup < 0:
         parser.error(f"--warmup must not be negative, got {args.warmup}.")
+    if args.autocast and args.dtype == "float32":
+        parser.error(
+            "--autocast runs float32 weights under torch.autocast to --dtype: add --dtype bfloat16 or float16."
+        )
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
     return args
