@@ -12,6 +12,9 @@ changes SC-CLIP settings (e.g. `--set use_attention_enhancement=false` for the a
 cut into one contiguous shard per process, each image is scored once, and the per-class pixel histograms of all
 processes are summed before the metrics are computed, so any number of processes gives the same numbers. It also
 runs as plain `python`.
+
+`accelerate launch --mixed_precision bf16` (or fp16) runs the image forward passes under autocast: float32 weights,
+half-precision matrix products. The text queries are embedded in float32 either way, once per benchmark.
 """
 
 import argparse
@@ -177,7 +180,7 @@ def evaluate_benchmark(
                 skipped.append(record.error)
         if good:
             inputs = processor([record.image for record in good], short_side=short_side, return_tensors="pt")
-            with torch.inference_mode():
+            with torch.inference_mode(), accelerator.autocast():
                 outputs = model(
                     pixel_values=_to_device(inputs["pixel_values"], accelerator.device), text_embeds=text_embeds
                 )
@@ -280,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
             # Every SC-CLIP setting the run used, so that an ablation row says what it changed.
             "model_settings": {name: getattr(model.config, name) for name in SCCLIP_SETTINGS},
             "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
             "benchmarks": results,
             "mean_miou": _average(miou) if len(results) == len(registry) else None,
             "table": markdown_table(results, args.model, registry),

@@ -1,11 +1,13 @@
 """eval/evaluate_benchmark.py end to end with a tiny random model on synthetic benchmark folders (no network)."""
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -109,10 +111,13 @@ def test_progress_bar_only_on_the_main_process(one_and_two_processes):
     assert "2/2" not in stderr
 
 
-def test_metrics_equal_a_direct_evaluation(workspace, one_and_two_processes):
-    """Score every image with the model and processor directly and the Hub metric's formulas, then compare."""
+def direct_evaluation(workspace: Path, precision=contextlib.nullcontext, **overrides) -> dict:
+    """
+    Score every image with the model (SC-CLIP settings `overrides`, under `precision()`) and processor directly, and
+    the Hub metric's formulas.
+    """
     benchmark = REGISTRY["voc21"]
-    model = SCCLIPForSemanticSegmentation.from_clip(str(workspace / "clip"), **TINY_WINDOWS)
+    model = SCCLIPForSemanticSegmentation.from_clip(str(workspace / "clip"), **TINY_WINDOWS, **overrides)
     processor = SCCLIPProcessor(SCCLIPImageProcessor(), tiny_tokenizer())
     queries = processor.encode_labels(model, benchmark.labels, TEMPLATES)
     root = workspace / "data" / "VOCdevkit" / "VOC2012"
@@ -120,7 +125,7 @@ def test_metrics_equal_a_direct_evaluation(workspace, one_and_two_processes):
     for name in VOC_NAMES:
         image = Image.open(root / "JPEGImages" / f"{name}.jpg").convert("RGB")
         inputs = processor(images=image, short_side=64)
-        with torch.no_grad():
+        with torch.no_grad(), precision():
             outputs = model(pixel_values=inputs["pixel_values"], text_embeds=queries.text_embeds)
         prediction = processor.post_process_semantic_segmentation(
             outputs,
@@ -132,14 +137,51 @@ def test_metrics_equal_a_direct_evaluation(workspace, one_and_two_processes):
         )[0]
         predictions.append(prediction.numpy())
         references.append(np.array(Image.open(root / "SegmentationClass" / f"{name}.png")))
-    expected = hub_mean_iou(predictions, references, num_labels=21, ignore_index=255)
+    return hub_mean_iou(predictions, references, num_labels=21, ignore_index=255)
 
-    result = one_and_two_processes[0]["benchmarks"]["voc21"]
-    assert one_and_two_processes[0]["model"] == str(workspace / "clip")
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def assert_metrics_equal(result: dict, expected: dict):
     assert result["mIoU"] == pytest.approx(100 * expected["mean_iou"], abs=1e-4)
     assert result["aAcc"] == pytest.approx(100 * expected["overall_accuracy"], abs=1e-4)
     per_class = [np.nan if iou is None else iou for iou in result["per_class_iou"].values()]
     np.testing.assert_allclose(per_class, 100 * expected["per_category_iou"], atol=1e-4)
+
+
+def test_metrics_equal_a_direct_evaluation(workspace, one_and_two_processes):
+    single = one_and_two_processes[0]
+    assert single["model"] == str(workspace / "clip") and single["mixed_precision"] == "no"
+    assert_metrics_equal(single["benchmarks"]["voc21"], direct_evaluation(workspace))
+
+
+def test_accelerate_mixed_precision_runs_the_images_under_autocast(workspace, tmp_path, one_and_two_processes):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no"]
+    # Without the CLS residual: with it, this random model's label maps are uniform and bfloat16 changes no label.
+    arguments = cli_arguments(
+        workspace, tmp_path / "bf16.json", "--num-workers", "0", "--set", "cls_residual_weight=0"
+    )
+    summary, _ = run_script(launcher, arguments)
+    assert summary["mixed_precision"] == "bf16"
+    result = summary["benchmarks"]["voc21"]
+    # bfloat16 rounds partial sums, so its labels depend on how the products are split over threads: one thread here
+    # as in the script's process (OMP_NUM_THREADS=1).
+    with torch_threads(1):
+        bfloat16 = direct_evaluation(
+            workspace, partial(torch.autocast, "cpu", dtype=torch.bfloat16), cls_residual_weight=0
+        )
+    assert_metrics_equal(result, bfloat16)
+    # And not the float32 numbers: the run did not stay in float32.
+    assert result["mIoU"] != pytest.approx(100 * direct_evaluation(workspace, cls_residual_weight=0)["mean_iou"])
 
 
 def test_dataset_id_gives_the_metrics_of_the_data_dir(workspace, tmp_path, one_and_two_processes):
