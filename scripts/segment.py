@@ -168,7 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="Output folder (created if needed).")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="Defaults to cuda when available.")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="Model weights' dtype.")
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="Model weights' dtype (with --autocast: of the products).",
+    )
+    parser.add_argument(
+        "--autocast",
+        action="store_true",
+        help="Keep float32 weights and run under torch.autocast to --dtype (closer to float32 than half weights).",
+    )
     parser.add_argument("--pamr", action="store_true", help="Refine the masks along image edges (PAMR).")
     parser.add_argument("--logit-scale", type=float, default=40.0, help="Softmax temperature of the similarities.")
     parser.add_argument(
@@ -194,13 +204,19 @@ def segment(args: argparse.Namespace) -> None:
     settings = parse_scclip_settings(args.settings)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but PyTorch sees no CUDA GPU here: use --device cpu.")
+    if args.autocast and args.dtype == "float32":
+        raise ValueError("--autocast runs the matrix products in --dtype: add --dtype bfloat16 or float16.")
     try:
         model, processor = load_scclip_model_and_processor(args.model, **settings)
     except OSError as error:
         raise OSError(f"{error}\nThen run again with --model path/to/that-folder.") from error
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype]
     segmenter = SCCLIPZeroShotSegmentationPipeline(
-        model=model.to(DTYPES[args.dtype]), processor=processor, device=device, batch_size=args.batch_size
+        model=model.to(torch.float32 if args.autocast else dtype),
+        processor=processor,
+        device=device,
+        batch_size=args.batch_size,
     )
     background, candidate_labels = (classes[0], classes[1:]) if args.background is not None else (None, classes)
     results = segmenter(
@@ -215,8 +231,10 @@ def segment(args: argparse.Namespace) -> None:
         return_label_map=True,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    for path, result in tqdm(zip(paths, results), total=len(paths), unit="image", disable=len(paths) < 2):
-        tqdm.write(write_outputs(path, args.out, result))
+    # The pipeline segments lazily, as the loop asks for results: the loop runs under the autocast.
+    with torch.autocast(torch.device(device).type, dtype=dtype, enabled=args.autocast):
+        for path, result in tqdm(zip(paths, results), total=len(paths), unit="image", disable=len(paths) < 2):
+            tqdm.write(write_outputs(path, args.out, result))
     tqdm.write(f"Wrote overlays and label maps to {args.out}/")
 
 

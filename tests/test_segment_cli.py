@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_pipeline import (
     TINY_SHORT_SIDE,
@@ -156,17 +157,47 @@ def test_cli_pamr_refines_like_the_processor(checkpoint, images, tmp_path):
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "rgb_labels.png")), expected_map.numpy())
 
 
-def test_cli_runs_the_model_in_bfloat16(checkpoint, images, tmp_path):
-    outputs = {}
-    for dtype in ("float32", "bfloat16"):
-        out = tmp_path / dtype
-        assert (
-            run_cli([images[0], "--labels", LABELS_ARGUMENT, "--model", checkpoint, "--out", out, "--dtype", dtype])
-            == 0
-        )
-        outputs[dtype] = np.array(Image.open(out / "rgb_labels.png"))
-    assert outputs["bfloat16"].shape == (72, 96)
-    assert (outputs["bfloat16"] == outputs["float32"]).mean() > 0.9  # bfloat16 rounding moves only a few pixels
+def record_forward_precision(monkeypatch) -> list:
+    """Record, at every forward pass of the model, its weights' dtype and the CPU autocast state."""
+    seen, forward = [], SCCLIPForSemanticSegmentation.forward
+
+    def recording(self, *args, **kwargs):
+        autocast_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        seen.append((self.dtype, autocast_dtype))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SCCLIPForSemanticSegmentation, "forward", recording)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "options, weights, autocast",
+    [
+        ([], torch.float32, None),
+        (["--dtype", "bfloat16"], torch.bfloat16, None),
+        (["--dtype", "bfloat16", "--autocast"], torch.float32, torch.bfloat16),
+    ],
+    ids=["float32", "bfloat16-weights", "bfloat16-autocast"],
+)
+def test_cli_runs_the_model_in_the_precision_asked_for(
+    checkpoint, images, tmp_path, monkeypatch, options, weights, autocast
+):
+    arguments = [*images[:2], "--labels", LABELS_ARGUMENT, "--model", checkpoint, "--batch-size", "1"]
+    assert run_cli([*arguments, "--out", tmp_path / "float32"]) == 0
+    seen = record_forward_precision(monkeypatch)
+    assert run_cli([*arguments, "--out", tmp_path / "run", *options]) == 0
+    assert seen == [(weights, autocast)] * 2  # one forward pass per image, each in the precision asked for
+    label_map, float32_map = (np.array(Image.open(tmp_path / run / "rgb_labels.png")) for run in ("run", "float32"))
+    assert label_map.shape == (72, 96)
+    assert (label_map == float32_map).mean() > 0.9  # half-precision products move only a few pixels
+
+
+def test_cli_autocast_needs_a_half_precision_dtype(checkpoint, images, tmp_path, capsys):
+    arguments = [images[0], "--labels", LABELS_ARGUMENT, "--model", checkpoint, "--out", tmp_path, "--autocast"]
+    assert run_cli(arguments) == 2
+    assert (
+        "--autocast runs the matrix products in --dtype: add --dtype bfloat16 or float16." in capsys.readouterr().err
+    )
 
 
 def test_example_image_is_made_by_its_script(tmp_path):
