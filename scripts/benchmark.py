@@ -31,8 +31,8 @@ runs the text tower when the same labels are segmented again, and on CUDA, with 
 each case makes the host wait for the GPU. `--window-batch-size` sets the windows per encoder pass of (a) and (b).
 
 With `--dtype bfloat16|float16` the weights are cast to that dtype; with `--autocast` as well, they stay float32 and
-the cases run under `torch.autocast` to that dtype (half-precision matrix products; LayerNorm, softmax and the residual
-stream in float32). Either way, the labels of (b) and of (a) are compared with float32's on the same weights and
+the cases run under `torch.autocast` to that dtype (half-precision matrix products and attention; the residual stream
+and LayerNorm in float32). Either way, the labels of (b) and of (a) are compared with float32's on the same weights and
 inputs, with the number of labels the float32 map has: random weights make SC-CLIP's maps nearly uniform (the CLS
 residual dominates every pixel's feature), and such a map agrees wherever no pixel is near a tie.
 

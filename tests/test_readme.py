@@ -76,3 +76,20 @@ def test_pipeline_example_runs_and_its_comment_shows_the_output(checkpoints, mon
     assert len(results) == 2 and results[0]["labels"] == ["sky", "tree", "house"]
     assert tuple(results[0]["label_map"].shape) == (360, 480)
     assert os.path.isfile(REPO_ROOT / "examples" / "house_tree_sky.png")
+
+
+def test_half_precision_example_runs_after_the_usage_and_pipeline_examples(checkpoints, monkeypatch):
+    """The three examples in one namespace, as a reader runs them: model, inputs, queries and segmenter carry over."""
+    clip, converted = checkpoints
+    usage, pipeline_example, half_precision = code_blocks("python")[:3]
+    assert "torch.autocast(device, dtype=torch.bfloat16)" in half_precision
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(REPO_ROOT)
+    namespace = {}
+    for code in (usage.replace(HUB_CLIP, clip), pipeline_example.replace(CONVERTED_PLACEHOLDER, converted)):
+        exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(half_precision, "README.md", "exec"), namespace)
+    assert namespace["model"].dtype == torch.float16
+    logits = namespace["outputs"].logits
+    assert logits.dtype == torch.float32 and logits.shape[-2:] == namespace["inputs"]["pixel_values"].shape[-2:]
+    assert {segment["label"] for segment in namespace["segments"]} <= {"sky", "tree", "house"}
