@@ -57,6 +57,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -447,13 +448,6 @@ def least_feature_cosine(feature_map: torch.Tensor) -> float:
     return (features.T @ features).min().item()
 
 
-def computation_precision(device: torch.device, dtype: torch.dtype, autocast: bool) -> Callable:
-    """A context factory: `torch.autocast` to `dtype` under `--autocast` (float32 weights), else no change."""
-    if autocast:
-        return lambda: torch.autocast(device.type, dtype=dtype)
-    return contextlib.nullcontext
-
-
 def count_host_synchronizations(run: Callable, device: torch.device) -> int | None:
     """How often one call of `run` makes the host wait for the GPU (torch's CUDA sync debug mode); `None` on CPU."""
     if device.type != "cuda":
@@ -477,10 +471,9 @@ def benchmark_size(model, size, args, device, dtype, rss, compiled: dict[str, Ca
     generator = torch.Generator().manual_seed(args.seed)
     float32_pixel_values = torch.randn(args.batch_size, 3, *size, generator=generator).to(device)
     text_embeds = torch.randn(args.num_queries, model.config.projection_dim, generator=generator).to(device)
-    # Half-precision weights get half-precision inputs; under autocast, weights and inputs stay float32.
-    input_dtype = torch.float32 if args.autocast else dtype
-    cases = benchmark_cases(model, float32_pixel_values.to(input_dtype), text_embeds.to(input_dtype))
-    precision = computation_precision(device, dtype, args.autocast)
+    # The inputs in the weights' dtype: half precision, or float32 under autocast.
+    cases = benchmark_cases(model, float32_pixel_values.to(model.dtype), text_embeds.to(model.dtype))
+    precision = partial(torch.autocast, device.type, dtype=dtype, enabled=args.autocast)
     with dense_features_replaced(model, compiled), precision():
         times = time_cases(cases, device, args.warmup, args.repeats)
         memory = {name: measure_peak_memory(run, device, rss) for name, run in cases.items()}
