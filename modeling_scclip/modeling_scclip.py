@@ -504,15 +504,12 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
 
     def _check_images(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         channels, patch = self.config.num_channels, self.config.patch_size
-        if isinstance(pixel_values, torch.Tensor):
-            if pixel_values.ndim != 4:
-                raise ValueError(
-                    f"pixel_values must be a (batch_size, {channels}, height, width) tensor or a list of "
-                    f"({channels}, height, width) tensors, got a tensor of shape {tuple(pixel_values.shape)}."
-                )
-            images = list(pixel_values)
-        else:
-            images = list(pixel_values)
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must be a (batch_size, {channels}, height, width) tensor or a list of "
+                f"({channels}, height, width) tensors, got a tensor of shape {tuple(pixel_values.shape)}."
+            )
+        images = list(pixel_values)
         if not images:
             raise ValueError("pixel_values holds no image.")
         for index, image in enumerate(images):

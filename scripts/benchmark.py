@@ -11,7 +11,9 @@ For every model shape and image size, three cases run on the same sliding window
 - `scclip_one_window` (c): SC-CLIP one window at a time (`window_batch_size=1`), the schedule of the authors' code.
 
 Times are medians over `--repeats` runs after `--warmup` runs; within every repeat the three cases run in turn, so
-that a drift of the machine's speed hits them alike. Peak memory is taken after the timed runs:
+that a drift of the machine's speed hits them alike, and the time ratios are the medians of the repeats' own ratios,
+reported with their range over the repeats (on a shared machine the range is the measure of the noise). Peak memory
+is taken after the timed runs:
 
 - on CUDA: `torch.cuda.max_memory_allocated` during one more run;
 - on CPU (Linux): the process's resident-set high-water mark (`VmHWM`), reset through `/proc/self/clear_refs` just
@@ -28,7 +30,10 @@ The per-stage breakdown of (b) comes from `torch.profiler`: the model labels its
 `torch.profiler.record_function("scclip/<stage>")` and the breakdown lists each label's time as a share of the
 profiled run. Finally the text-tower check counts, with a forward hook, how often `SCCLIPProcessor.encode_labels`
 runs the text tower when the same labels are segmented again, and on CUDA, with torch's sync debug mode, how often
-each case makes the host wait for the GPU. `--window-batch-size` sets the windows per encoder pass of (a) and (b).
+each case makes the host wait for the GPU; on CPU, how many minor page faults (and how much system CPU time) one call
+of each case takes, with the C allocator's `MALLOC_*` and `LD_PRELOAD` settings in the environment record: glibc's
+`malloc` hands large freed buffers back to the kernel, and every pass then faults its largest activations in again.
+`--window-batch-size` sets the windows per encoder pass of (a) and (b).
 
 With `--dtype bfloat16|float16` the weights are cast to that dtype; with `--autocast` as well, they stay float32 and
 the cases run under `torch.autocast` to that dtype (half-precision matrix products and attention; the residual stream
@@ -50,6 +55,7 @@ import ctypes.util
 import dataclasses
 import itertools
 import json
+import os
 import platform
 import statistics
 import string
@@ -70,6 +76,12 @@ from transformers import CLIPTokenizer
 from modeling_scclip import SCCLIPConfig, SCCLIPForSemanticSegmentation
 from modeling_scclip.image_processing_scclip import SCCLIPImageProcessor
 from modeling_scclip.processing_scclip import SCCLIPProcessor
+
+
+try:
+    import resource
+except ImportError:  # Windows: no page-fault counts
+    resource = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,11 +333,14 @@ def count_text_tower_runs(
     handle = model.text_model.register_forward_hook(lambda *_: calls.append(1))
     runs = []
     try:
-        for _ in range(rounds):
-            before = len(calls)
-            label_embeddings = processor.encode_labels(model, labels)
-            model(pixel_values, text_embeds=label_embeddings.text_embeds)
-            runs.append(len(calls) - before)
+        # Without autograd, as every timed run: a forward that records a graph holds all its activations at once,
+        # and the heap it leaves behind would spare the timed runs the page faults that a user's process takes.
+        with torch.inference_mode():
+            for _ in range(rounds):
+                before = len(calls)
+                label_embeddings = processor.encode_labels(model, labels)
+                model(pixel_values, text_embeds=label_embeddings.text_embeds)
+                runs.append(len(calls) - before)
     finally:
         handle.remove()
     return runs
@@ -335,7 +350,9 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
-def summarise_case(times_ms: list[float], memory: dict | None, host_waits: int | None, batch_size: int) -> dict:
+def summarise_case(
+    times_ms: list[float], memory: dict | None, host_waits: int | None, page_faults: dict | None, batch_size: int
+) -> dict:
     ms_per_image = statistics.median(times_ms) / batch_size
     return {
         "ms_per_image": ms_per_image,
@@ -343,6 +360,7 @@ def summarise_case(times_ms: list[float], memory: dict | None, host_waits: int |
         "times_ms": times_ms,
         "memory": memory,
         "host_synchronizations": host_waits,
+        "page_faults": page_faults,
     }
 
 
@@ -351,21 +369,26 @@ def memory_ratio(cases: dict, measure: str) -> float | None:
     return ratio(batched, plain)
 
 
-def paired_time_ratio(cases: dict, numerator: str, denominator: str) -> float:
-    """The median over repeats of the two cases' time ratio within each repeat, where they ran side by side."""
+def repeat_time_ratios(cases: dict, numerator: str, denominator: str) -> list[float]:
+    """The two cases' time ratio within each repeat, where they ran side by side."""
     pairs = zip(cases[numerator]["times_ms"], cases[denominator]["times_ms"])
-    return statistics.median(numerator_ms / denominator_ms for numerator_ms, denominator_ms in pairs)
+    return [numerator_ms / denominator_ms for numerator_ms, denominator_ms in pairs]
 
 
 def result_ratios(cases: dict) -> dict:
     """
     (b)/(a) and (c)/(b) times, each the median of the repeats' own ratios (this cancels the slow drifts of a shared
-    machine's speed); (b)/(a) memory: tensor peaks where measured (CPU), else the memory increase.
+    machine's speed), with their range over the repeats; (b)/(a) memory: tensor peaks where measured (CPU), else the
+    memory increase.
     """
+    batched_over_plain = repeat_time_ratios(cases, "scclip_batched", "plain_clip")
+    one_window_over_batched = repeat_time_ratios(cases, "scclip_one_window", "scclip_batched")
     tensor_ratio = memory_ratio(cases, "tensor_peak_mib")
     return {
-        "time_batched_over_plain": paired_time_ratio(cases, "scclip_batched", "plain_clip"),
-        "time_one_window_over_batched": paired_time_ratio(cases, "scclip_one_window", "scclip_batched"),
+        "time_batched_over_plain": statistics.median(batched_over_plain),
+        "time_batched_over_plain_range": [min(batched_over_plain), max(batched_over_plain)],
+        "time_one_window_over_batched": statistics.median(one_window_over_batched),
+        "time_one_window_over_batched_range": [min(one_window_over_batched), max(one_window_over_batched)],
         "memory_batched_over_plain": tensor_ratio if tensor_ratio is not None else memory_ratio(cases, "increase_mib"),
         "resident_memory_batched_over_plain": memory_ratio(cases, "increase_mib"),
     }
@@ -463,6 +486,19 @@ def count_host_synchronizations(run: Callable, device: torch.device) -> int | No
     return sum(str(warning.message).startswith(SYNC_WARNING) for warning in caught)
 
 
+def count_page_faults(run: Callable, device: torch.device) -> dict | None:
+    """
+    The process's minor page faults and system CPU time during one call of `run` on CPU (`None` on CUDA): the cost of
+    the C allocator handing large freed buffers back to the kernel, which the next pass faults in again.
+    """
+    if device.type != "cpu" or resource is None:
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    run()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"minor": after.ru_minflt - before.ru_minflt, "system_seconds": after.ru_stime - before.ru_stime}
+
+
 def benchmark_size(model, size, args, device, dtype, rss, compiled: dict[str, Callable], reference=None) -> dict:
     """
     Time, memory and stage breakdown of the three cases on `args.batch_size` random images of `size`; with a float32
@@ -476,11 +512,15 @@ def benchmark_size(model, size, args, device, dtype, rss, compiled: dict[str, Ca
     precision = partial(torch.autocast, device.type, dtype=dtype, enabled=args.autocast)
     with dense_features_replaced(model, compiled), precision():
         times = time_cases(cases, device, args.warmup, args.repeats)
+        # In the timed runs' steady state: the memory measurement first trims the heap, whose pages fault in again.
+        faults = {name: count_page_faults(run, device) for name, run in cases.items()}
         memory = {name: measure_peak_memory(run, device, rss) for name, run in cases.items()}
         waits = {name: count_host_synchronizations(run, device) for name, run in cases.items()}
         # Eager, also under --compile: compiled code drops the profiler's stage labels.
         stages = profile_stages(cases["scclip_batched"], device, args.profile_runs)
-    summaries = {name: summarise_case(times[name], memory[name], waits[name], args.batch_size) for name in cases}
+    summaries = {
+        name: summarise_case(times[name], memory[name], waits[name], faults[name], args.batch_size) for name in cases
+    }
     ratios = result_ratios(summaries)
     met = targets_met(ratios, stages)
     agreement = None
@@ -550,6 +590,10 @@ def environment(args, device: torch.device, rss: ResidentSetPeak, argv: list[str
         "repeats": args.repeats,
         "profile_runs": args.profile_runs,
         "memory": memory_method(device, rss),
+        # The C allocator's settings, which decide how often large buffers are faulted in again.
+        "allocator_environment": {
+            name: value for name, value in os.environ.items() if name.startswith("MALLOC_") or name == "LD_PRELOAD"
+        },
     }
 
 
@@ -568,6 +612,13 @@ def format_number(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def time_ratio_cell(ratios: dict, name: str) -> str:
+    """`"1.006 (0.97–1.04)"`: the median ratio and its range over the repeats (only the median with one repeat)."""
+    low, high = ratios[f"{name}_range"]
+    spread = f" ({low:.2f}–{high:.2f})" if low != high else ""
+    return f"{ratios[name]:.3f}{spread}"
+
+
 def summary_row(model: str, size: str, entry: dict) -> str:
     """One row of the summary table: times of the three cases, their ratios and the memory of (a) and (b)."""
     cases, ratios = entry["cases"], entry["ratios"]
@@ -578,8 +629,8 @@ def summary_row(model: str, size: str, entry: dict) -> str:
         size,
         *(f"{cases[name]['ms_per_image']:.1f}" for name in CASES),
         f"{cases['scclip_batched']['images_per_second']:.2f}",
-        format_number(ratios["time_batched_over_plain"], 3),
-        format_number(ratios["time_one_window_over_batched"], 3),
+        time_ratio_cell(ratios, "time_batched_over_plain"),
+        time_ratio_cell(ratios, "time_one_window_over_batched"),
         *(format_number(value) for value in memory),
         format_number(ratios["memory_batched_over_plain"], 3),
         format_number(ratios["resident_memory_batched_over_plain"], 3),
@@ -643,10 +694,19 @@ def agreement_section(rows: list[str], env: dict) -> list[str]:
     ]
 
 
+def allocator_settings(env: dict) -> str:
+    settings = " ".join(f"{name}={value}" for name, value in env["allocator_environment"].items())
+    return f" C allocator: {settings}." if settings else ""
+
+
+def page_fault_count(case: str, page_faults: dict) -> str:
+    return f"{case} {page_faults['minor']} ({page_faults['system_seconds']:.2f} s)"
+
+
 def markdown_report(report: dict) -> str:
     """The benchmark as markdown: a summary table of the three cases, a stage table of (b), the text-tower check."""
     env = report["environment"]
-    summary, stages, text_tower, agreement, waits = [], [], [], [], []
+    summary, stages, text_tower, agreement, waits, faults = [], [], [], [], [], []
     for result in report["results"]:
         for size, entry in result["sizes"].items():
             summary.append(summary_row(result["model"], size, entry))
@@ -656,6 +716,9 @@ def markdown_report(report: dict) -> str:
             if entry["cases"]["scclip_batched"]["host_synchronizations"] is not None:
                 counts = ", ".join(f"{name} {entry['cases'][name]['host_synchronizations']}" for name in CASES)
                 waits.append(f"- {result['model']} {size}: {counts}")
+            if entry["cases"]["scclip_batched"]["page_faults"] is not None:
+                counts = ", ".join(page_fault_count(name, entry["cases"][name]["page_faults"]) for name in CASES)
+                faults.append(f"- {result['model']} {size}: {counts}")
         runs = ", ".join(map(str, result["text_tower_runs"]))
         text_tower.append(f"- {result['model']}: text-tower runs per segmentation with the same labels: {runs}")
     return "\n".join(
@@ -667,8 +730,9 @@ def markdown_report(report: dict) -> str:
             f"{env['device']} ({env['device_type']}, {env['threads']} threads), {precision_name(env)}, "
             f"batch {env['batch_size']}, {env['window_batch_size']} windows per encoder pass, "
             f"{env['num_queries']} queries, torch.compile {'on' if env['compile'] else 'off'}, "
-            f"torch {env['torch']}; median of {env['repeats']} runs after {env['warmup']} warm-up runs. "
-            f"Memory: {env['memory']}, in MiB.",
+            f"torch {env['torch']}; median of {env['repeats']} runs after {env['warmup']} warm-up runs; time ratios: "
+            "median of the runs' own ratios, their range in brackets. "
+            f"Memory: {env['memory']}, in MiB.{allocator_settings(env)}",
             "",
             "| model | size | (a) plain CLIP ms/img | (b) SC-CLIP ms/img | (c) one window ms/img | (b) img/s "
             "| (b)/(a) time | (c)/(b) time | (a) MiB | (b) MiB | (b)/(a) memory | (b)/(a) RSS |",
@@ -687,6 +751,7 @@ def markdown_report(report: dict) -> str:
             "",
             *agreement_section(agreement, env),
             *(["## Host waits for the GPU per segmentation (CUDA sync debug mode)", "", *waits, ""] if waits else []),
+            *(["## Minor page faults per segmentation (system CPU time)", "", *faults, ""] if faults else []),
         ]
     )
 

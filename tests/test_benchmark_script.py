@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def test_every_case_is_timed_and_summarised(run):
             assert case["memory"]["peak_mib"] > case["memory"]["increase_mib"]
             assert case["memory"]["tensor_peak_mib"] > 0
             assert case["host_synchronizations"] is None  # a CUDA measure
+            assert case["page_faults"]["minor"] >= 0 and case["page_faults"]["system_seconds"] >= 0
 
 
 def test_ratios_come_from_the_measured_cases(run):
@@ -104,6 +106,21 @@ def test_text_tower_runs_only_for_the_first_segmentation(run):
     assert first >= 1 and repeats == [0, 0]
 
 
+def test_text_tower_check_runs_without_autograd_like_the_timed_runs(tiny_model):
+    """A forward that records a graph would leave a heap that spares the timed runs their page faults."""
+    processor = benchmark.SCCLIPProcessor(
+        image_processor=benchmark.SCCLIPImageProcessor(), tokenizer=benchmark.character_tokenizer()
+    )
+    grad_modes = []
+    handle = tiny_model.embeddings.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))
+    try:
+        runs = benchmark.count_text_tower_runs(tiny_model, processor, ["a", "b"], torch.randn(1, 3, 64, 64), rounds=2)
+    finally:
+        handle.remove()
+    assert runs[0] >= 1 and runs[1] == 0
+    assert grad_modes == [False, False]
+
+
 def test_markdown_tables_show_the_json_numbers(run):
     report, markdown = run
     assert report["environment"]["command"] in markdown
@@ -112,6 +129,7 @@ def test_markdown_tables_show_the_json_numbers(run):
         summary = next(row for row in rows if row[1] == size and len(row) == 12)
         cases, ratios = entry["cases"], entry["ratios"]
         assert summary[2:5] == [f"{cases[name]['ms_per_image']:.1f}" for name in benchmark.CASES]
+        # One repeat: no range to show.
         assert summary[6] == f"{ratios['time_batched_over_plain']:.3f}"
         assert summary[7] == f"{ratios['time_one_window_over_batched']:.3f}"
         assert summary[8:10] == [f"{cases[name]['memory']['tensor_peak_mib']:.1f}" for name in benchmark.CASES[:2]]
@@ -120,6 +138,32 @@ def test_markdown_tables_show_the_json_numbers(run):
         stage_rows = {row[2]: row for row in rows if row[1] == size and len(row) == 5}
         assert f"{entry['stages']['stages']['lof']['percent']:.1f} |" == stage_rows["lof"][4]
     assert "text-tower runs per segmentation with the same labels: " in markdown
+    for size, entry in report["results"][0]["sizes"].items():
+        faults = {name: entry["cases"][name]["page_faults"] for name in benchmark.CASES}
+        counts = ", ".join(
+            f"{name} {faults[name]['minor']} ({faults[name]['system_seconds']:.2f} s)" for name in faults
+        )
+        assert f"- tiny {size}: {counts}" in markdown.split("## Minor page faults per segmentation")[1]
+
+
+def test_page_faults_count_fresh_memory_and_the_allocator_settings_are_recorded(monkeypatch):
+    cpu = torch.device("cpu")
+    # 64 MiB is above glibc's largest mmap threshold: a fresh mapping, faulted in page by page as it is written
+    # (huge pages, where the kernel uses them for it, still fault once per 2 MiB).
+    fresh = benchmark.count_page_faults(lambda: torch.ones(16 * 2**20), cpu)
+    reused = torch.zeros(16 * 2**20)
+    in_place = benchmark.count_page_faults(lambda: reused.fill_(1.0), cpu)
+    assert fresh["minor"] >= 16 and in_place["minor"] < fresh["minor"] / 2
+    assert benchmark.count_page_faults(lambda: None, torch.device("cuda")) is None
+    for name in [name for name in os.environ if name.startswith("MALLOC_") or name == "LD_PRELOAD"]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
+    monkeypatch.setenv("MALLOCATOR", "not an allocator setting")
+    args = benchmark.parse_args([])
+    env = benchmark.environment(args, cpu, benchmark.ResidentSetPeak(), [])
+    assert env["allocator_environment"] == {"MALLOC_MMAP_MAX_": "0", "LD_PRELOAD": "libjemalloc.so.2"}
+    assert benchmark.allocator_settings(env) == " C allocator: MALLOC_MMAP_MAX_=0 LD_PRELOAD=libjemalloc.so.2."
 
 
 def test_plain_clip_case_is_unmodified_clip(tiny_model):
@@ -230,10 +274,21 @@ def test_sizes_are_parsed_and_bad_ones_explained():
         benchmark.parse_size("336by448")
 
 
-def test_paired_time_ratio_is_the_median_of_each_repeats_ratio():
-    cases = {"a": {"times_ms": [10.0, 20.0, 30.0]}, "b": {"times_ms": [11.0, 18.0, 36.0]}}
-    # Repeat ratios 1.1, 0.9 and 1.2; the ratio of the median times would be 18 / 20 = 0.9.
-    assert benchmark.paired_time_ratio(cases, "b", "a") == pytest.approx(1.1)
+def test_time_ratios_are_the_median_of_each_repeats_ratio_with_their_range():
+    cases = {
+        "plain_clip": {"times_ms": [10.0, 20.0, 30.0], "memory": None},
+        "scclip_batched": {"times_ms": [11.0, 18.0, 36.0], "memory": None},
+        "scclip_one_window": {"times_ms": [22.0, 27.0, 36.0], "memory": None},
+    }
+    ratios = benchmark.result_ratios(cases)
+    # (b)/(a) per repeat 1.1, 0.9 and 1.2; the ratio of the median times would be 18 / 20 = 0.9.
+    assert ratios["time_batched_over_plain"] == pytest.approx(1.1)
+    assert ratios["time_batched_over_plain_range"] == pytest.approx([0.9, 1.2])
+    # (c)/(b) per repeat 2, 1.5 and 1.
+    assert ratios["time_one_window_over_batched"] == pytest.approx(1.5)
+    assert ratios["time_one_window_over_batched_range"] == pytest.approx([1.0, 2.0])
+    assert benchmark.time_ratio_cell(ratios, "time_batched_over_plain") == "1.100 (0.90–1.20)"
+    assert ratios["memory_batched_over_plain"] is None
 
 
 def expected_agreement(logits: torch.Tensor, reference_logits: torch.Tensor) -> dict:
