@@ -369,10 +369,14 @@ def memory_ratio(cases: dict, measure: str) -> float | None:
     return ratio(batched, plain)
 
 
-def repeat_time_ratios(cases: dict, numerator: str, denominator: str) -> list[float]:
-    """The two cases' time ratio within each repeat, where they ran side by side."""
+def paired_time_ratio(cases: dict, name: str, numerator: str, denominator: str) -> dict:
+    """
+    `{name: median, name_range: [min, max]}` of the two cases' time ratio within each repeat, where they ran side by
+    side.
+    """
     pairs = zip(cases[numerator]["times_ms"], cases[denominator]["times_ms"])
-    return [numerator_ms / denominator_ms for numerator_ms, denominator_ms in pairs]
+    ratios = [numerator_ms / denominator_ms for numerator_ms, denominator_ms in pairs]
+    return {name: statistics.median(ratios), f"{name}_range": [min(ratios), max(ratios)]}
 
 
 def result_ratios(cases: dict) -> dict:
@@ -381,14 +385,10 @@ def result_ratios(cases: dict) -> dict:
     machine's speed), with their range over the repeats; (b)/(a) memory: tensor peaks where measured (CPU), else the
     memory increase.
     """
-    batched_over_plain = repeat_time_ratios(cases, "scclip_batched", "plain_clip")
-    one_window_over_batched = repeat_time_ratios(cases, "scclip_one_window", "scclip_batched")
     tensor_ratio = memory_ratio(cases, "tensor_peak_mib")
     return {
-        "time_batched_over_plain": statistics.median(batched_over_plain),
-        "time_batched_over_plain_range": [min(batched_over_plain), max(batched_over_plain)],
-        "time_one_window_over_batched": statistics.median(one_window_over_batched),
-        "time_one_window_over_batched_range": [min(one_window_over_batched), max(one_window_over_batched)],
+        **paired_time_ratio(cases, "time_batched_over_plain", "scclip_batched", "plain_clip"),
+        **paired_time_ratio(cases, "time_one_window_over_batched", "scclip_one_window", "scclip_batched"),
         "memory_batched_over_plain": tensor_ratio if tensor_ratio is not None else memory_ratio(cases, "increase_mib"),
         "resident_memory_batched_over_plain": memory_ratio(cases, "increase_mib"),
     }
