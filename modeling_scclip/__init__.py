@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcesso
 from .configuration_scclip import SCCLIP_PRESETS, SCCLIPConfig, scclip_preset
 from .image_processing_scclip import SCCLIPImageProcessor, pixel_adaptive_mask_refinement
 from .modeling_scclip import SCCLIPForSemanticSegmentation, SCCLIPSemanticSegmenterOutput
+from .pipeline_scclip import ZERO_SHOT_IMAGE_SEGMENTATION, SCCLIPZeroShotSegmentationPipeline
 from .processing_scclip import IMAGENET_TEMPLATES, SCCLIPLabelEmbeddings, SCCLIPProcessor
 
 
@@ -17,6 +18,7 @@ AutoProcessor.register(SCCLIPConfig, SCCLIPProcessor, exist_ok=True)
 
 __all__ = [
     "IMAGENET_TEMPLATES",
+    "ZERO_SHOT_IMAGE_SEGMENTATION",
     "SCCLIP_PRESETS",
     "SCCLIPConfig",
     "SCCLIPForSemanticSegmentation",
@@ -24,6 +26,7 @@ __all__ = [
     "SCCLIPLabelEmbeddings",
     "SCCLIPProcessor",
     "SCCLIPSemanticSegmenterOutput",
+    "SCCLIPZeroShotSegmentationPipeline",
     "pixel_adaptive_mask_refinement",
     "scclip_preset",
 ]

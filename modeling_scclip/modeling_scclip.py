@@ -225,6 +225,8 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
     def __init__(self, config: SCCLIPConfig):
         # Skip CLIPVisionModel.__init__: its encoder would be built with a plain last layer and initialised twice.
         super(CLIPVisionModel, self).__init__(config)
+        # `from_pretrained(..., slide_stride=...)` sets its overrides after the config's own check: check them here.
+        config.check_scclip_values()
         self.embeddings = CLIPVisionEmbeddings(config)
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.encoder = CLIPEncoder(config)
@@ -418,6 +420,8 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
         maps windows to feature maps and defaults to [`get_dense_image_features`]; passing
         [`get_plain_clip_dense_features`] gives the plain-CLIP baseline on exactly the same windows.
         """
+        # Again per call: `model.config.slide_stride = ...` after loading bypasses every earlier check.
+        self.config.check_scclip_values()
         images = self._check_images(pixel_values)
         queries = self._check_text_embeds(text_embeds)
         dense_features = dense_features or self.get_dense_image_features
@@ -504,10 +508,18 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
 
     def _check_images(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         channels, patch = self.config.num_channels, self.config.patch_size
-        if isinstance(pixel_values, torch.Tensor) and pixel_values.ndim != 4:
+        if not isinstance(pixel_values, (torch.Tensor, list, tuple)) or (
+            isinstance(pixel_values, torch.Tensor) and pixel_values.ndim != 4
+        ):
+            got = (
+                f"a tensor of shape {tuple(pixel_values.shape)}"
+                if isinstance(pixel_values, torch.Tensor)
+                else type(pixel_values).__name__
+            )
             raise ValueError(
                 f"pixel_values must be a (batch_size, {channels}, height, width) tensor or a list of "
-                f"({channels}, height, width) tensors, got a tensor of shape {tuple(pixel_values.shape)}."
+                f"({channels}, height, width) tensors, got {got}. Use SCCLIPImageProcessor to turn images into "
+                "pixel values."
             )
         images = list(pixel_values)
         if not images:
@@ -517,6 +529,11 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
                 shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
                 raise ValueError(
                     f"Image {index} must be a ({channels}, height, width) tensor, got {shape}. "
+                    "Use SCCLIPImageProcessor to turn images into pixel values."
+                )
+            if not image.is_floating_point():
+                raise ValueError(
+                    f"Image {index} has dtype {image.dtype}: pixel_values must be normalised floating-point values. "
                     "Use SCCLIPImageProcessor to turn images into pixel values."
                 )
             if min(image.shape[-2:]) < patch:

@@ -66,11 +66,12 @@ def collate_images_of_any_size(items: list[dict]) -> dict:
 def class_queries(candidate_labels, background=None) -> list:
     """
     The classes the model is asked for, in label-map order: the background (one class, id 0) if any, then the
-    candidate labels. A class is a name, synonyms separated by ";", or a list of synonyms.
+    candidate labels. A class is a name, synonyms separated by ";", or a list of synonyms; one string is a
+    comma-separated list of classes, as in transformers' zero-shot pipelines.
     """
     if candidate_labels is None:
         raise ValueError("candidate_labels is required: the classes to segment, e.g. ['cat', 'dog', 'grass'].")
-    labels = [candidate_labels] if isinstance(candidate_labels, str) else list(candidate_labels)
+    labels = candidate_labels.split(",") if isinstance(candidate_labels, str) else list(candidate_labels)
     if not labels:
         raise ValueError("candidate_labels is empty: pass at least one class name, e.g. ['cat', 'dog', 'grass'].")
     return labels if background is None else [background, *labels]
@@ -139,10 +140,11 @@ class SCCLIPZeroShotSegmentationPipeline(Pipeline):
             images (`str`, `PIL.Image.Image` or a list of them):
                 An image as a local path, an http(s) URL or a PIL image (any mode: grayscale, RGBA and 16-bit images
                 are converted by the image processor), or a list of images (the result is then a list).
-            candidate_labels (`list`):
+            candidate_labels (`list` or `str`):
                 The classes, one per entry: a name (`"cat"`), synonyms of one class separated by ";"
                 (`"person; man; woman"`), or a list of synonyms. Each name is one text query; a class scores the best
-                of its queries. The first name names the class in the output.
+                of its queries. The first name names the class in the output. One string is a comma-separated list
+                of classes (`"cat, dog, grass; lawn"`).
             background (`str` or `list[str]`, *optional*):
                 Names of a background class, prepended as class 0 (like PASCAL VOC's background). The thresholds below
                 assign pixels to it, so they need it.

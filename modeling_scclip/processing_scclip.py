@@ -307,7 +307,8 @@ class SCCLIPProcessor(ProcessorMixin):
             prompts, padding=True, truncation=True, max_length=CLIP_MAX_TEXT_LENGTH, return_tensors="pt"
         )
         features = []
-        with torch.no_grad():
+        # Not under the caller's autocast: the cached embeddings must not depend on which call computed them first.
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             for input_ids, attention_mask in zip(
                 tokens["input_ids"].split(batch_size), tokens["attention_mask"].split(batch_size)
             ):

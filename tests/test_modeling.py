@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from sklearn.neighbors import LocalOutlierFactor
 from tiny_models import DEVICES, full_float32, on_device, tiny_clip_model, tiny_scclip_config
 from transformers import AutoConfig, AutoModel
@@ -602,6 +603,17 @@ def test_invalid_config_values_name_the_field(field, value):
         SCCLIPConfig(patch_size=16, **{field: value})
 
 
+def test_config_overrides_after_the_config_check_are_checked(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    # from_pretrained sets its keyword overrides on the loaded config after the config's own check.
+    with pytest.raises(ValueError, match="slide_stride"):
+        SCCLIPForSemanticSegmentation.from_pretrained(tmp_path, slide_stride=1000)
+    loaded = SCCLIPForSemanticSegmentation.from_pretrained(tmp_path)
+    loaded.config.fusion_start_layer = 0
+    with pytest.raises(ValueError, match="fusion_start_layer"):
+        loaded(pixel_values=torch.randn(1, 3, 64, 64), text_embeds=torch.randn(2, 32))
+
+
 def test_fusion_range_must_be_ordered():
     with pytest.raises(ValueError, match="fusion_start_layer"):
         SCCLIPConfig(patch_size=16, fusion_start_layer=8, fusion_end_layer=5)
@@ -629,6 +641,9 @@ def test_config_round_trip(tmp_path):
         (torch.full((1, 3, 64, 64), float("nan")), "NaN or infinite"),
         (torch.full((1, 3, 64, 64), float("inf")), "NaN or infinite"),
         ([], "no image"),
+        (torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8), "dtype torch.uint8"),
+        ([torch.randn(3, 64, 64), torch.zeros(3, 64, 64, dtype=torch.int64)], "Image 1 has dtype torch.int64"),
+        (Image.new("RGB", (64, 64)), "got Image. Use SCCLIPImageProcessor"),
     ],
 )
 def test_bad_pixel_values(model, pixel_values, message):

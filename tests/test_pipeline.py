@@ -2,6 +2,8 @@
 
 import functools
 import json
+import subprocess
+import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -219,6 +221,24 @@ def test_a_loaded_model_builds_the_pipeline_by_task_name(reference):
     assert_segments_equal(
         segmenter(scene_image(), candidate_labels=LABELS), expected_segments(label_map, probabilities, class_names)
     )
+
+
+def test_importing_the_package_registers_the_task():
+    # In a fresh interpreter: this module's own import of pipeline_scclip must not be what registers it.
+    script = (
+        "import modeling_scclip; from transformers.pipelines import PIPELINE_REGISTRY; "
+        "print(PIPELINE_REGISTRY.check_task('zero-shot-image-segmentation')[1]['impl'].__name__)"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split()[-1] == "SCCLIPZeroShotSegmentationPipeline"
+
+
+def test_a_comma_separated_string_is_a_list_of_classes(segmenter):
+    as_list = segmenter(scene_image(), candidate_labels=["sky", "tree", "grass; lawn"], return_label_map=True)
+    as_string = segmenter(scene_image(), candidate_labels="sky, tree,grass; lawn", return_label_map=True)
+    assert as_string["labels"] == as_list["labels"] == ["sky", "tree", "grass"]
+    assert torch.equal(as_string["label_map"], as_list["label_map"])
 
 
 @pytest.mark.parametrize("device", DEVICES)

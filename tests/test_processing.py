@@ -141,6 +141,16 @@ def test_the_cache_follows_the_model_dtype_and_lets_models_go(processor):
     assert model_ref() is None
 
 
+def test_embeddings_do_not_depend_on_the_autocast_of_the_first_call(processor):
+    model = make_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = processor.encode_labels(model, ["cat", "dog"], templates=TEMPLATES).text_embeds
+    processor_without_cache = SCCLIPProcessor(processor.image_processor, processor.tokenizer)
+    plain = processor_without_cache.encode_labels(model, ["cat", "dog"], templates=TEMPLATES).text_embeds
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, plain, atol=0, rtol=0)
+
+
 def test_long_names_are_truncated_with_a_warning(model, processor, caplog):
     long_name = " ".join(["zebra"] * 20)  # 100 tokens with the tiny tokenizer
     with caplog.at_level("WARNING"):
