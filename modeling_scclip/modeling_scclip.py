@@ -21,6 +21,8 @@ from .configuration_scclip import SCCLIPConfig, scclip_preset
 # Added to the denominators of the aggregation operator and of textbook LOF, as in the reference implementations.
 AGGREGATION_EPS = 1e-6
 LOF_EPS = 1e-10
+# The hint that ends every error about malformed pixel_values.
+USE_THE_IMAGE_PROCESSOR = "Use SCCLIPImageProcessor to turn images into pixel values."
 
 
 @dataclass
@@ -508,18 +510,15 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
 
     def _check_images(self, pixel_values: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         channels, patch = self.config.num_channels, self.config.patch_size
-        if not isinstance(pixel_values, (torch.Tensor, list, tuple)) or (
-            isinstance(pixel_values, torch.Tensor) and pixel_values.ndim != 4
-        ):
-            got = (
-                f"a tensor of shape {tuple(pixel_values.shape)}"
-                if isinstance(pixel_values, torch.Tensor)
-                else type(pixel_values).__name__
-            )
+        got = None
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.ndim != 4:
+            got = f"a tensor of shape {tuple(pixel_values.shape)}"
+        elif not isinstance(pixel_values, (torch.Tensor, list, tuple)):
+            got = type(pixel_values).__name__
+        if got is not None:
             raise ValueError(
                 f"pixel_values must be a (batch_size, {channels}, height, width) tensor or a list of "
-                f"({channels}, height, width) tensors, got {got}. Use SCCLIPImageProcessor to turn images into "
-                "pixel values."
+                f"({channels}, height, width) tensors, got {got}. {USE_THE_IMAGE_PROCESSOR}"
             )
         images = list(pixel_values)
         if not images:
@@ -528,13 +527,12 @@ class SCCLIPForSemanticSegmentation(CLIPVisionModel):
             if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != channels:
                 shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
                 raise ValueError(
-                    f"Image {index} must be a ({channels}, height, width) tensor, got {shape}. "
-                    "Use SCCLIPImageProcessor to turn images into pixel values."
+                    f"Image {index} must be a ({channels}, height, width) tensor, got {shape}. {USE_THE_IMAGE_PROCESSOR}"
                 )
             if not image.is_floating_point():
                 raise ValueError(
                     f"Image {index} has dtype {image.dtype}: pixel_values must be normalised floating-point values. "
-                    "Use SCCLIPImageProcessor to turn images into pixel values."
+                    f"{USE_THE_IMAGE_PROCESSOR}"
                 )
             if min(image.shape[-2:]) < patch:
                 raise ValueError(
